@@ -1,0 +1,3 @@
+from cnr_oci.cli import main
+
+raise SystemExit(main())

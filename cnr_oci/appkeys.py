@@ -1,0 +1,18 @@
+"""Typed application state, kept in one module."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from cnr_oci.embedded import EmbeddedRegistry
+from cnr_oci.oci import OciClient
+from cnr_oci.service import PackageService
+from cnr_oci.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+UPSTREAM = web.AppKey("upstream", str)
+EMBEDDED = web.AppKey("embedded", EmbeddedRegistry)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+OCI = web.AppKey("oci", OciClient)
+SERVICE = web.AppKey("service", PackageService)

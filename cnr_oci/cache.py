@@ -1,0 +1,63 @@
+"""Small in-process caches: an LRU for immutable things, a TTL map for tag lists."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Callable, Generic, Hashable, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class LRU(Generic[K, V]):
+    """Bounded by entry count; for content-addressed values, which never go stale."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self.maxsize = maxsize
+
+    def get(self, key: K) -> V | None:
+        value = self._data.get(key)
+        if value is not None:
+            self._data.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.maxsize:
+            self._data.popitem(last=False)
+
+
+class TTLCache(Generic[K, V]):
+    """Entries live ``ttl`` seconds, and are dropped on our own writes."""
+
+    def __init__(self, ttl: float, maxsize: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        self.ttl = ttl
+        self.maxsize = maxsize
+        self._clock = clock
+
+    def get(self, key: K) -> V | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if item[0] < self._clock():
+            del self._data[key]
+            return None
+        return item[1]
+
+    def put(self, key: K, value: V) -> None:
+        if self.ttl <= 0:
+            return
+        self._data[key] = (self._clock() + self.ttl, value)
+        self._data.move_to_end(key)
+        while len(self._data) > self.maxsize:
+            self._data.popitem(last=False)
+
+    def drop(self, key: K) -> None:
+        self._data.pop(key, None)
+
+    def clear(self) -> None:
+        self._data.clear()

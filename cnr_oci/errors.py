@@ -1,0 +1,59 @@
+"""The CNR error table, declared once, and the function that renders it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+
+class CnrError(Exception):
+    """Base of every error that reaches a CNR client."""
+
+    code = "internal-error"
+    status = 500
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+def _error(name: str, code: str, status: int) -> type[CnrError]:
+    return type(name, (CnrError,), {"code": code, "status": status})
+
+
+InvalidUsage = _error("InvalidUsage", "invalid-usage", 400)
+Unauthorized = _error("Unauthorized", "unauthorized-access", 401)
+Forbidden = _error("Forbidden", "forbidden", 403)
+PackageNotFound = _error("PackageNotFound", "package-not-found", 404)
+ReleaseNotFound = _error("ReleaseNotFound", "package-release-not-found", 404)
+ChannelNotFound = _error("ChannelNotFound", "channel-not-found", 404)
+ResourceNotFound = _error("ResourceNotFound", "resource-not-found", 404)
+MethodNotAllowed = _error("MethodNotAllowed", "invalid-usage", 405)
+PackageExists = _error("PackageExists", "package-exists", 409)
+ResourceInUse = _error("ResourceInUse", "resource-in-use", 409)
+PayloadTooLarge = _error("PayloadTooLarge", "payload-too-large", 413)
+InvalidRelease = _error("InvalidRelease", "invalid-release", 422)
+InvalidParameters = _error("InvalidParameters", "invalid-parameters", 422)
+InternalError = _error("InternalError", "internal-error", 500)
+Unsupported = _error("Unsupported", "unsupported", 501)
+UpstreamBadGateway = _error("UpstreamBadGateway", "upstream-unavailable", 502)
+UpstreamUnavailable = _error("UpstreamUnavailable", "upstream-unavailable", 503)
+
+
+def error_body(code: str, message: str, details: dict[str, Any]) -> dict[str, Any]:
+    """The CNR envelope: flat fields for appr/go-appr, nested ``error`` for operator-courier."""
+    inner = {"code": code, "message": message, "details": details}
+    return {**inner, "error": inner}
+
+
+def render(err: CnrError, headers: dict[str, str] | None = None) -> web.Response:
+    """Write any CNR error as its JSON response."""
+    return web.Response(
+        status=err.status,
+        text=json.dumps(error_body(err.code, err.message, err.details)),
+        content_type="application/json",
+        headers=headers,
+    )

@@ -1,0 +1,283 @@
+"""CNR route handlers: parse → validate → service → serialise."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import html
+import json
+from typing import Any
+
+from aiohttp import web
+
+from cnr_oci import __version__, appkeys, archive, errors, mapping
+from cnr_oci.app import STREAMING
+from cnr_oci.mapping import Package
+from cnr_oci.oci import BlobStream
+from cnr_oci.service import PackageService
+
+APPR_API_VERSION = "0.7.4"
+CNR_API_VERSION = "0.2.0"
+JSON_CHUNK = mapping.b64_chunk_size(192 * 1024)
+
+
+def _service(request: web.Request) -> PackageService:
+    return request.app[appkeys.SERVICE]
+
+
+def _package(request: web.Request) -> Package:
+    prefix = request.app[appkeys.SETTINGS].repository_prefix.strip("/")
+    return mapping.parse_package(request.match_info["ns"], request.match_info["name"], prefix)
+
+
+def _media_type(request: web.Request, allow_any: bool = True) -> str:
+    return mapping.normalize_media_type(request.match_info["media_type"], allow_any=allow_any)
+
+
+def _base_url(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+# -- E1, E2 -----------------------------------------------------------------------
+
+
+async def version(request: web.Request) -> web.Response:
+    return _json({"appr-api": APPR_API_VERSION, "cnr-api": CNR_API_VERSION, "cnr-oci": __version__})
+
+
+async def index(request: web.Request) -> web.Response:
+    base = _base_url(request)
+    content = f"{request.host}/{{name}} {base}/cnr/api/v1/packages/{{name}}/{{version}}/{{media_type}}/pull"
+    page = (
+        "<!DOCTYPE html><html><head><title>cnr-oci</title>"
+        f'<meta name="appr-package" content="{html.escape(content)}">'
+        "</head><body><h1>cnr-oci</h1><p>A CNR / appr app registry backed by an OCI registry.</p>"
+        f'<p>API: <a href="{html.escape(base)}/cnr/api/v1/packages">{html.escape(base)}/cnr/api/v1/packages</a></p>'
+        "</body></html>"
+    )
+    return web.Response(text=page, content_type="text/html")
+
+
+async def well_known(request: web.Request) -> web.Response:
+    return _json({"version": "v1.0.0", "uri_prefix": f"{_base_url(request)}/cnr/"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        await request.app[appkeys.OCI].ping()
+    except Exception as exc:  # any failure means "not ready"
+        return _json({"status": "not ready", "reason": type(exc).__name__}, status=503)
+    return _json({"status": "ready"})
+
+
+# -- E3 ---------------------------------------------------------------------------
+
+
+async def _json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise errors.InvalidUsage(f"the body is not JSON: {exc}") from exc
+
+
+async def login(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    user = body.get("user") if isinstance(body, dict) else None
+    if not (
+        isinstance(user, dict)
+        and isinstance(user.get("username"), str) and user["username"]
+        and isinstance(user.get("password"), str)
+    ):
+        raise errors.InvalidUsage(
+            'login needs {"user": {"username": ..., "password": ...}}', {"field": "user"}
+        )
+    # Until authentication lands, the token carries no credentials.
+    return _json({"token": "anonymous"})
+
+
+# -- E5, E6 -----------------------------------------------------------------------
+
+
+def _paging(request: web.Request, items: list[Any]) -> list[Any]:
+    """Opt-in limit/offset; no CNR client sends them."""
+    q = request.query
+    try:
+        offset = int(q.get("offset", "0"))
+        limit = int(q["limit"]) if "limit" in q else None
+    except ValueError as exc:
+        raise errors.InvalidParameters("limit and offset must be integers") from exc
+    if offset < 0 or (limit is not None and limit < 0):
+        raise errors.InvalidParameters("limit and offset must not be negative")
+    return items[offset : None if limit is None else offset + limit]
+
+
+async def list_packages(request: web.Request) -> web.Response:
+    q = request.query
+    media_type = q.get("media_type") or None
+    if media_type is not None:
+        media_type = mapping.normalize_media_type(media_type)
+    result = await _service(request).list_packages(
+        namespace=q.get("namespace") or None, query=q.get("query") or None, media_type=media_type
+    )
+    return _json(_paging(request, result))
+
+
+async def search(request: web.Request) -> web.Response:
+    return _json(await _service(request).search(request.query.get("q", "")))
+
+
+# -- E7 ---------------------------------------------------------------------------
+
+
+async def push(request: web.Request) -> web.Response:
+    pkg = _package(request)
+    limit = request.app[appkeys.SETTINGS].max_body_size
+    if request.content_length is not None and request.content_length > limit:
+        raise errors.PayloadTooLarge(f"the body exceeds the limit of {limit} bytes", {"limit": limit})
+    raw = await request.read()
+    # JSON, base64 and gzip/tar checks of a large push are CPU-bound: keep them off the loop.
+    inp = await asyncio.to_thread(archive.parse_push, raw, request.query.get("force"), pkg)
+    del raw
+    await _service(request).push(pkg, inp)
+    return _json({"status": "ok"})
+
+
+# -- E8, E9, E10, E11 -------------------------------------------------------------
+
+
+async def list_manifests(request: web.Request) -> web.Response:
+    pkg = _package(request)
+    media_type = request.query.get("media_type") or None
+    if media_type is not None:
+        media_type = mapping.normalize_media_type(media_type)
+    return _json(await _service(request).list_manifests(pkg, media_type))
+
+
+async def release_manifests(request: web.Request) -> web.Response:
+    pkg = _package(request)
+    release = mapping.check_release(request.match_info["release"])
+    return _json(await _service(request).list_manifests(pkg, release=release))
+
+
+async def show(request: web.Request) -> web.Response:
+    pkg = _package(request)
+    media_type = _media_type(request)
+    return _json(await _service(request).show(pkg, request.match_info["release"], media_type))
+
+
+async def delete_release(request: web.Request) -> web.Response:
+    pkg = _package(request)
+    media_type = _media_type(request)
+    return _json(await _service(request).delete(pkg, request.match_info["release"], media_type))
+
+
+# -- E12, E13 ---------------------------------------------------------------------
+
+
+def _wants_json(request: web.Request) -> bool:
+    return request.match_info.get("json") == "/json" or request.query.get("format") == "json"
+
+
+async def _stream(
+    request: web.Request, blob: BlobStream, filename: str, head: dict[str, Any] | None
+) -> web.StreamResponse:
+    """Pass the blob through; in JSON form, base64 it on the fly.
+
+    Content-Length is always set, and the last chunk waits for the digest check,
+    so a wrong or broken transfer is a short body, never a complete wrong one.
+    """
+    try:
+        chunks = blob.chunks(JSON_CHUNK)
+        first = await anext(chunks, b"")  # a failure here still gets a CNR error
+        resp = web.StreamResponse()
+        prefix = suffix = b""
+        if head is None:
+            resp.content_type = "application/x-gzip"
+            resp.headers["Content-Disposition"] = filename
+            if blob.size is not None:
+                resp.content_length = blob.size
+        else:
+            resp.content_type = "application/json"
+            prefix = (json.dumps({**head, "filename": filename})[:-1] + ', "blob": "').encode()
+            suffix = b'"}'
+            if blob.size is not None:
+                resp.content_length = len(prefix) + 4 * ((blob.size + 2) // 3) + len(suffix)
+        request[STREAMING] = True
+        await resp.prepare(request)
+        await resp.write(prefix)
+        rest = b""
+        piece: bytes | None = first
+        while piece is not None:
+            if head is None:
+                await resp.write(piece)
+            else:
+                data = rest + piece
+                cut = len(data) - len(data) % 3
+                await resp.write(base64.b64encode(data[:cut]))
+                rest = data[cut:]
+            piece = await anext(chunks, None)
+        await resp.write(base64.b64encode(rest) + suffix if head is not None else b"")
+        await resp.write_eof()
+        return resp
+    finally:
+        blob.close()
+
+
+async def pull(request: web.Request) -> web.StreamResponse:
+    pkg = _package(request)
+    service = _service(request)
+    entry = await service.resolve(pkg, request.match_info["release"], _media_type(request))
+    blob = await service.open_blob(pkg, str(entry.layer["digest"]))
+    head = None
+    if _wants_json(request):
+        head = {"package": pkg.full, "release": entry.release, "media_type": entry.media_type}
+    return await _stream(request, blob, mapping.filename(pkg, entry.release), head)
+
+
+async def blob(request: web.Request) -> web.StreamResponse:
+    pkg = _package(request)
+    hexdigest = mapping.check_digest(request.match_info["digest"])
+    stream = await _service(request).open_blob(pkg, "sha256:" + hexdigest)
+    head = {"package": pkg.full, "release": hexdigest} if _wants_json(request) else None
+    return await _stream(request, stream, f"{pkg.file_stem}_{hexdigest[:8]}.tar.gz", head)
+
+
+# -- routing ----------------------------------------------------------------------
+
+PKG = "/api/v1/packages/{ns}/{name}"
+ROUTES: list[tuple[str, str, Any]] = [
+    ("GET", "/version", version),
+    ("GET", "/.well-known/app-registry-uri.json", well_known),
+    ("POST", "/api/v1/users/login", login),
+    ("GET", "/api/v1/packages", list_packages),
+    ("GET", "/api/v1/packages/search", search),
+    ("GET", PKG + "/blobs/sha256/{digest}{json:(/json)?}", blob),
+    ("GET", PKG + "/{release}/{media_type}/pull{json:(/json)?}", pull),
+    ("GET", PKG, list_manifests),
+    ("POST", PKG, push),
+    ("GET", PKG + "/{release}", release_manifests),
+    ("GET", PKG + "/{release}/{media_type}", show),
+    ("DELETE", PKG + "/{release}/{media_type}", delete_release),
+]
+
+
+def setup_routes(app: web.Application) -> None:
+    """Every route under /cnr and bare, with and without a trailing slash."""
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/", index)
+    app.router.add_get("/cnr", index)
+    app.router.add_get("/cnr/", index)
+    for mount in ("/cnr", ""):
+        for method, path, handler in ROUTES:
+            app.router.add_route(method, mount + path, handler)
+            app.router.add_route(method, mount + path + "/", handler)

@@ -1,0 +1,59 @@
+"""The JSON Schemas in schemas/, loaded once and used for input and for what is stored."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from cnr_oci import errors
+
+PUSH_REQUEST = "push-request"
+CNR_CONFIG = "cnr-config"
+CNR_MANIFEST = "cnr-manifest"
+
+
+def _schema_dir() -> Path:
+    candidates = [
+        os.environ.get("CNR_OCI_SCHEMAS", ""),
+        str(Path(__file__).resolve().parent.parent / "schemas"),
+        str(Path(sys.prefix) / "share" / "cnr-oci" / "schemas"),
+    ]
+    for c in candidates:
+        if c and (Path(c) / f"{PUSH_REQUEST}.schema.json").is_file():
+            return Path(c)
+    raise RuntimeError("cannot find the schemas/ directory; set CNR_OCI_SCHEMAS")
+
+
+@functools.cache
+def validator(name: str) -> jsonschema.protocols.Validator:
+    schema = json.loads((_schema_dir() / f"{name}.schema.json").read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)  # type: ignore[no-any-return]
+
+
+def first_error(name: str, doc: Any) -> tuple[str, str] | None:
+    """(field path, message) of the first schema violation, or None."""
+    err = jsonschema.exceptions.best_match(validator(name).iter_errors(doc))
+    if err is None:
+        return None
+    field = ".".join(str(p) for p in err.absolute_path)
+    if not field and err.validator == "required":
+        field = str(err.message).split("'")[1] if "'" in err.message else ""
+    return field, err.message[:300]
+
+
+def check_stored(name: str, doc: Any, where: str) -> None:
+    """What is read back from the registry must match its schema."""
+    problem = first_error(name, doc)
+    if problem:
+        raise errors.UpstreamBadGateway(
+            f"stored document at {where} does not match schema {name}: "
+            f"{problem[0] or '(root)'}: {problem[1]}"
+        )

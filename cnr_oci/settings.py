@@ -1,0 +1,22 @@
+"""Server settings. Only the CLI reads argv and the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 5000
+    upstream: str | None = None
+    ca_file: str | None = None
+    repository_prefix: str = ""
+    data_dir: str = "./data"
+    max_body_size: int = 64 * 1024 * 1024
+    log_level: str = "info"
+    # Not flags (yet): tuning with sensible defaults.
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    tag_ttl: float = 2.0
+    registry_binary: str = "docker-registry"
