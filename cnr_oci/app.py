@@ -19,7 +19,7 @@ from cnr_oci.settings import Settings
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-STREAMING = "cnr_oci.streaming"
+STREAMING = web.RequestKey("streaming", bool)
 
 # Registry errors become CNR errors here, and only here.
 _REGISTRY_TO_CNR: list[tuple[type[oci.RegistryError], type[errors.CnrError]]] = [

@@ -1,0 +1,59 @@
+"""A real docker-registry for the session, and a cnr-oci app in front of it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Iterator
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from cnr_oci.app import create_app
+from cnr_oci.embedded import EmbeddedRegistry
+from cnr_oci.settings import Settings
+
+
+def require_binary(name: str) -> None:
+    """Skip locally, fail in CI, when a needed binary is missing."""
+    if shutil.which(name) is None:
+        msg = f"{name} is not installed (apt-get install -y {name})"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+def start_registry(root: Path, **kwargs: Any) -> EmbeddedRegistry:
+    require_binary("docker-registry")
+    reg = EmbeddedRegistry(root, log_path=str(root / "registry.log"), **kwargs)
+    reg.start()
+    return reg
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRegistry]:
+    reg = start_registry(tmp_path_factory.mktemp("registry"))
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+def settings(registry: EmbeddedRegistry) -> Settings:
+    return Settings(upstream=registry.url, max_body_size=4 * 1024 * 1024)
+
+
+CnrClient = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_client(aiohttp_client: Any) -> CnrClient:
+    async def make(settings: Settings) -> TestClient:
+        return await aiohttp_client(create_app(settings))
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client: CnrClient, settings: Settings) -> TestClient:
+    return await make_client(settings)

@@ -1,0 +1,87 @@
+"""Builders for packages and push bodies, and direct looks at the registry."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import secrets
+import tarfile
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+def tarball(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def chart(name: str, version: str = "0.1.0", extra: bytes = b"") -> bytes:
+    yaml = f"apiVersion: v2\nname: {name}\nversion: {version}\ndescription: test chart\n"
+    return tarball({f"{name}/Chart.yaml": yaml.encode(), f"{name}/values.yaml": b"x: 1\n" + extra})
+
+
+def kpm(name: str = "pkg", extra: bytes = b"") -> bytes:
+    return tarball({"manifest.yaml": b"package: " + name.encode() + b"\n" + extra})
+
+
+def body(blob: bytes, release: str = "1.0.0", media_type: str = "kpm", **more: Any) -> dict[str, Any]:
+    return {"blob": base64.b64encode(blob).decode(), "release": release, "media_type": media_type, **more}
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def unique(prefix: str = "t") -> tuple[str, str]:
+    return f"{prefix}{secrets.token_hex(4)}", f"app{secrets.token_hex(2)}"
+
+
+def _get(url: str, accept: str = "") -> tuple[int, bytes, dict[str, str]]:
+    req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+def tags(registry_url: str, repo: str) -> list[str]:
+    """The tags the registry itself holds, bypassing cnr-oci."""
+    status, data, _ = _get(f"{registry_url}/v2/{repo}/tags/list")
+    if status == 404:
+        return []
+    return sorted(json.loads(data).get("tags") or [])
+
+
+def manifest(registry_url: str, repo: str, ref: str) -> tuple[dict[str, Any], str]:
+    accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
+    status, data, headers = _get(f"{registry_url}/v2/{repo}/manifests/{ref}", accept)
+    assert status == 200, (status, data)
+    return json.loads(data), headers.get("Docker-Content-Digest", "")
+
+
+def blob(registry_url: str, repo: str, digest: str) -> bytes:
+    status, data, _ = _get(f"{registry_url}/v2/{repo}/blobs/{digest}")
+    assert status == 200, status
+    return data
+
+
+def catalog(registry_url: str) -> set[str]:
+    """Every repository in the registry, following the catalog's pages."""
+    repos: set[str] = set()
+    last = ""
+    while True:
+        status, data, _ = _get(f"{registry_url}/v2/_catalog?n=1000" + (f"&last={last}" if last else ""))
+        page = json.loads(data).get("repositories") or []
+        repos.update(page)
+        if len(page) < 1000:
+            return repos
+        last = page[-1]
