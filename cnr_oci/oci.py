@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -275,17 +276,21 @@ class OciClient:
 
     async def upload_blob(
         self, repo: str, digest: str, data: bytes, mount_from: str | None = None
-    ) -> None:
-        """Upload unless present: HEAD, then mount or POST + PUT ?digest= (monolithic)."""
+    ) -> str:
+        """Upload unless present: HEAD, then mount or POST + PUT ?digest= (monolithic).
+
+        Returns:
+            "exists", "mounted" or "uploaded".
+        """
         if await self.blob_exists(repo, digest):
-            return
+            return "exists"
         params = {"mount": digest, "from": mount_from} if mount_from else None
         resp = await self._request(
             "POST", f"/v2/{repo}/blobs/uploads/", expect=(201, 202), params=params
         )
         resp.release()
         if resp.status == 201:
-            return  # mounted from the other repository
+            return "mounted"
         location = resp.headers.get("Location")
         if not location:
             raise InvalidResponse("blob upload answered no Location")
@@ -296,10 +301,12 @@ class OciClient:
             url,
             expect=(201, 204),
             headers={"Content-Type": "application/octet-stream"},
-            data=data,
+            # BytesIO shares the buffer and is written out in chunks, not in one call.
+            data=io.BytesIO(data),
             what=f"PUT blob {repo}@{digest}",
         )
         resp.release()
+        return "uploaded"
 
     # -- listing ---------------------------------------------------------------
 

@@ -1,0 +1,157 @@
+"""What cnr-oci writes into the registry: the MUSTs of oci-mapping.md."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+import yaml
+
+from cnr_oci import mapping, schemas
+from cnr_oci.settings import Settings
+from tests import helpers
+from tests.conftest import start_registry
+from tests.helpers import body, chart, kpm, sha, unique
+
+API = "/cnr/api/v1/packages"
+
+
+async def push(client, repo, blob, release="1.0.0", media_type="kpm", **more):
+    resp = await client.post(f"{API}/{repo}", json=body(blob, release, media_type, **more))
+    assert resp.status == 200, await resp.text()
+
+
+async def test_kpm_is_an_oci_artifact_with_the_cnr_config(client, registry):
+    repo = "/".join(unique())
+    blob = kpm()
+    await push(client, repo, blob, metadata={"a": 1})
+    m, _ = helpers.manifest(registry.url, repo, "1.0.0")
+    assert schemas.first_error(schemas.CNR_MANIFEST, m) is None
+    assert m["mediaType"] == mapping.OCI_MANIFEST
+    assert m["artifactType"] == "application/vnd.cnr.package.kpm.v1"
+    assert m["config"]["mediaType"] == "application/vnd.cnr.package.config.v1+json"
+    assert m["layers"][0]["mediaType"] == "application/vnd.cnr.package.kpm.v1.tar+gzip"
+    assert m["layers"][0]["digest"] == "sha256:" + sha(blob)
+    assert m["annotations"]["org.opencontainers.image.version"] == "1.0.0"
+    assert m["annotations"]["org.opencontainers.image.created"]
+    config = json.loads(helpers.blob(registry.url, repo, m["config"]["digest"]))
+    assert isinstance(config, dict) and schemas.first_error(schemas.CNR_CONFIG, config) is None
+    assert config["package"] == repo and config["release"] == "1.0.0" and config["media_type"] == "kpm"
+    assert config["metadata"] == {"a": 1}
+    # The CNR content digest is the layer's OCI digest, and the blob is those bytes.
+    shown = await (await client.get(f"{API}/{repo}/1.0.0/kpm")).json()
+    assert shown["content"]["digest"] == sha(blob)
+    assert helpers.blob(registry.url, repo, "sha256:" + sha(blob)) == blob
+
+
+async def test_helm_chart_is_stored_in_helms_own_layout(client, registry):
+    ns, name = unique()
+    blob = chart(name)
+    await push(client, f"{ns}/{name}", blob, media_type="helm")
+    m, _ = helpers.manifest(registry.url, f"{ns}/{name}", "1.0.0")
+    assert m["config"]["mediaType"] == "application/vnd.cncf.helm.config.v1+json"
+    assert [layer["mediaType"] for layer in m["layers"]] == ["application/vnd.cncf.helm.chart.content.v1.tar+gzip"]
+    assert m["layers"][0]["digest"] == "sha256:" + sha(blob)
+    assert "artifactType" not in m
+    config = json.loads(helpers.blob(registry.url, f"{ns}/{name}", m["config"]["digest"]))
+    assert config == {"apiVersion": "v2", "name": name, "version": "0.1.0", "description": "test chart"}
+    ann = m["annotations"]
+    assert ann["org.opencontainers.image.title"] == name
+    assert ann["org.opencontainers.image.version"] == "1.0.0"
+    assert ann["org.opencontainers.image.description"] == "test chart"
+    assert ann["org.opencontainers.image.created"]
+
+
+async def test_build_metadata_plus_becomes_underscore_in_the_tag(client, registry):
+    repo = "/".join(unique())
+    await push(client, repo, kpm(), "1.0.0+build.7")
+    assert helpers.tags(registry.url, repo) == ["1.0.0_build.7"]
+    shown = await (await client.get(f"{API}/{repo}/1.0.0+build.7/kpm")).json()
+    assert shown["release"] == "1.0.0+build.7"
+
+
+async def test_no_two_releases_share_a_manifest_digest(client, registry):
+    repo = "/".join(unique())
+    blob = kpm()
+    await push(client, repo, blob, "1.0.0")
+    await push(client, repo, blob, "1.1.0")
+    _, d1 = helpers.manifest(registry.url, repo, "1.0.0")
+    _, d2 = helpers.manifest(registry.url, repo, "1.1.0")
+    assert d1 != d2
+    # So deleting one by digest leaves the other's tag in place.
+    assert (await client.delete(f"{API}/{repo}/1.0.0/kpm")).status == 200
+    assert helpers.tags(registry.url, repo) == ["1.1.0"]
+
+
+async def test_repository_prefix_keeps_packages_apart(make_client, registry):
+    prefix = "apps" + unique()[0]
+    client = await make_client(Settings(upstream=registry.url, repository_prefix=prefix))
+    repo = "/".join(unique())
+    await push(client, repo, kpm())
+    assert helpers.tags(registry.url, f"{prefix}/{repo}") == ["1.0.0"]
+    assert helpers.tags(registry.url, repo) == []
+    listed = await (await client.get(API)).json()
+    assert [p["name"] for p in listed] == [repo]
+
+
+async def test_a_stored_config_that_fails_its_schema_is_a_502(client, registry):
+    repo = "/".join(unique())
+    await push(client, repo, kpm())
+    m, _ = helpers.manifest(registry.url, repo, "1.0.0")
+    bad = json.dumps({"package": "NOT VALID"}).encode()
+    put_blob(registry.url, repo, bad)
+    m["config"] = {"mediaType": mapping.CNR_CONFIG, "digest": "sha256:" + sha(bad), "size": len(bad)}
+    put_manifest(registry.url, repo, "2.0.0", m)
+    resp = await client.get(f"{API}/{repo}/2.0.0/kpm")
+    assert resp.status == 502 and (await resp.json())["code"] == "upstream-unavailable"
+
+
+def put_blob(url, repo, data):
+    req = urllib.request.Request(f"{url}/v2/{repo}/blobs/uploads/", method="POST", data=b"")
+    with urllib.request.urlopen(req) as r:
+        loc = r.headers["Location"]
+    sep = "&" if "?" in loc else "?"
+    req = urllib.request.Request(f"{loc}{sep}digest=sha256:{sha(data)}", method="PUT", data=data,
+                                 headers={"Content-Type": "application/octet-stream"})
+    urllib.request.urlopen(req).close()
+
+
+def put_manifest(url, repo, tag, doc):
+    req = urllib.request.Request(f"{url}/v2/{repo}/manifests/{tag}", data=json.dumps(doc).encode(), method="PUT",
+                                 headers={"Content-Type": mapping.OCI_MANIFEST})
+    urllib.request.urlopen(req).close()
+
+
+@pytest.fixture(scope="module")
+def no_delete_registry(tmp_path_factory):
+    reg = start_registry(tmp_path_factory.mktemp("nodelete"), delete_enabled=False)
+    yield reg
+    reg.stop()
+
+
+async def test_registry_refusing_deletes_gives_501_and_deletes_nothing(make_client, no_delete_registry):
+    client = await make_client(Settings(upstream=no_delete_registry.url))
+    repo = "/".join(unique())
+    await push(client, repo, kpm())
+    resp = await client.delete(f"{API}/{repo}/1.0.0/kpm")
+    data = await resp.json()
+    assert resp.status == 501 and data["code"] == "unsupported"
+    assert "refuses deletion" in data["message"]
+    assert helpers.tags(no_delete_registry.url, repo) == ["1.0.0"]
+    assert (await client.get(f"{API}/{repo}/1.0.0/kpm")).status == 200
+
+
+async def test_helm_config_keeps_chart_yaml_fields(client, registry):
+    ns, name = unique()
+    meta = {"apiVersion": "v2", "name": name, "version": "3.2.1", "appVersion": "9.9",
+            "keywords": ["a", "b"], "maintainers": [{"name": "Ann", "email": "ann@example.com"}],
+            "home": "https://example.com", "sources": ["https://example.com/src"]}
+    blob = helpers.tarball({f"{name}/Chart.yaml": yaml.safe_dump(meta).encode()})
+    await push(client, f"{ns}/{name}", blob, "3.2.1", "helm")
+    m, _ = helpers.manifest(registry.url, f"{ns}/{name}", "3.2.1")
+    assert json.loads(helpers.blob(registry.url, f"{ns}/{name}", m["config"]["digest"])) == meta
+    ann = m["annotations"]
+    assert ann["org.opencontainers.image.url"] == "https://example.com"
+    assert ann["org.opencontainers.image.source"] == "https://example.com/src"
+    assert ann["org.opencontainers.image.authors"] == "Ann (ann@example.com)"
