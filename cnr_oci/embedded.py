@@ -84,7 +84,7 @@ class EmbeddedRegistry:
             raise RegistryNotInstalled(INSTALL_HINT)
         storage = self.root / "registry"
         storage.mkdir(parents=True, exist_ok=True)
-        config = self.root / f"registry-{self.port}.yml"
+        config = self.root / "registry.yml"
         config.write_text(
             CONFIG.format(
                 root=storage.resolve(),

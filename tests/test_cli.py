@@ -1,0 +1,94 @@
+"""The command line: flag, then CNR_OCI_<NAME>, then default; and a real `serve`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from cnr_oci import cli
+from cnr_oci.embedded import free_port
+from cnr_oci.settings import Settings
+from tests.conftest import require_binary
+
+
+def settings(argv, env=None):
+    return cli.settings_from(cli.build_parser().parse_args(["serve", *argv]), env or {})
+
+
+def test_defaults():
+    assert settings([]) == Settings()
+    s = Settings()
+    assert (s.host, s.port, s.data_dir, s.max_body_size, s.upstream) == ("127.0.0.1", 5000, "./data", 64 << 20, None)
+
+
+def test_flag_beats_env_beats_default():
+    env = {"CNR_OCI_PORT": "6000", "CNR_OCI_HOST": "0.0.0.0", "CNR_OCI_UPSTREAM": "https://r.example"}
+    s = settings(["--port", "7000"], env)
+    assert s.port == 7000 and s.host == "0.0.0.0" and s.upstream == "https://r.example"
+
+
+@pytest.mark.parametrize("flag,field,value,expected", [
+    ("--ca-file", "ca_file", "/x/ca.pem", "/x/ca.pem"),
+    ("--repository-prefix", "repository_prefix", "apps", "apps"),
+    ("--data-dir", "data_dir", "/tmp/d", "/tmp/d"),
+    ("--max-body-size", "max_body_size", "1MiB", 1 << 20),
+    ("--log-level", "log_level", "debug", "debug"),
+])
+def test_every_flag_has_an_env_variable(flag, field, value, expected):
+    assert getattr(settings([flag, value]), field) == expected
+    assert getattr(settings([], {cli.env_name(field): value}), field) == expected
+
+
+@pytest.mark.parametrize("text,size", [("123", 123), ("64MiB", 64 << 20), ("64M", 64 << 20), ("512k", 512 << 10)])
+def test_sizes(text, size):
+    assert cli.parse_size(text) == size
+
+
+@pytest.mark.parametrize("argv", [["--upstream", "ftp://x"], ["--port", "abc"], ["--max-body-size", "lots"]])
+def test_bad_values_exit_with_a_message(argv):
+    with pytest.raises(SystemExit):
+        settings(argv)
+
+
+def wait_http(url, proc, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                return r.read()
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer")
+
+
+def test_serve_without_upstream_runs_an_embedded_registry_and_stops_it(tmp_path):
+    require_binary("docker-registry")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "cnr_oci", "serve", "--port", str(port), "--data-dir",
+                             str(tmp_path)], stderr=subprocess.PIPE)
+    try:
+        assert b"cnr-oci" in wait_http(f"http://127.0.0.1:{port}/cnr/version", proc)
+        assert (tmp_path / "registry").is_dir()
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert children, "no docker-registry child"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+        proc.stderr.close()
+    for pid in children:
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+
+
+def test_serve_with_missing_binary_says_how_to_install(tmp_path, monkeypatch):
+    env = {**os.environ, "PATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "cnr_oci", "serve", "--port", str(free_port()),
+                           "--data-dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=30)
+    assert proc.returncode != 0
+    assert "apt-get install -y docker-registry" in proc.stderr
