@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-import semantic_version
+import semantic_version  # type: ignore[import-untyped]
 
 from cnr_oci import errors
 
@@ -146,13 +146,13 @@ def normalize_media_type(value: Any, allow_any: bool = False) -> str:
         return value
     long = _LONG_MEDIA_TYPE.match(value)
     if long:
-        value = long.group(1)
+        value = str(long.group(1))
     if not _SHORT_MEDIA_TYPE.match(value):
         raise errors.InvalidUsage(
             f"invalid media type {value[:80]!r}: expected a short name such as helm or kpm",
             {"media_type": value[:200]},
         )
-    return value
+    return str(value)
 
 
 def check_digest(value: str) -> str:
@@ -233,9 +233,9 @@ def classify(manifest: dict[str, Any]) -> str | None:
 def content_layer(manifest: dict[str, Any]) -> dict[str, Any] | None:
     """The layer that holds the package tarball."""
     for layer in manifest.get("layers") or []:
-        mt = layer.get("mediaType", "")
-        if mt in (HELM_LAYER, HELM_LEGACY_LAYER) or _LONG_MEDIA_TYPE.match(mt):
-            return layer
+        mt = layer.get("mediaType", "") if isinstance(layer, dict) else ""
+        if isinstance(mt, str) and (mt in (HELM_LAYER, HELM_LEGACY_LAYER) or _LONG_MEDIA_TYPE.match(mt)):
+            return dict(layer)
     return None
 
 

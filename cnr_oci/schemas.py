@@ -35,7 +35,7 @@ def validator(name: str) -> jsonschema.protocols.Validator:
     schema = json.loads((_schema_dir() / f"{name}.schema.json").read_text())
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)  # type: ignore[no-any-return]
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
 def first_error(name: str, doc: Any) -> tuple[str, str] | None:
