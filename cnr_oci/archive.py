@@ -139,7 +139,40 @@ def inspect_tarball(data: bytes, media_type: str, package: mapping.Package) -> d
     return chart
 
 
+# helm's chart.Metadata fields, in struct order: helm writes json.Marshal(Metadata).
+_HELM_FIELDS = [
+    "name", "home", "sources", "version", "description", "keywords", "maintainers", "icon",
+    "apiVersion", "condition", "tags", "appVersion", "deprecated", "annotations", "kubeVersion",
+    "dependencies", "type",
+]
+_MAINTAINER_FIELDS = ["name", "email", "url"]
+
+
+def _omitempty(value: Any) -> bool:
+    return value is None or value is False or value == "" or value == [] or value == {}
+
+
+def go_json(doc: Any) -> bytes:
+    """JSON as Go's encoding/json writes it: compact, UTF-8, with <, > and & escaped."""
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=str)
+    for raw, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                     ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(raw, esc)
+    return text.encode()
+
+
 def helm_config(chart: dict[str, Any]) -> bytes:
-    """Chart.yaml as JSON, as helm's pkg/registry writes the config (nulls dropped)."""
-    clean = {k: v for k, v in chart.items() if v is not None}
-    return json.dumps(clean, separators=(",", ":"), sort_keys=False, default=str).encode()
+    """The config blob helm push writes: Chart.yaml as helm's Metadata struct marshals it."""
+    out: dict[str, Any] = {}
+    for key in _HELM_FIELDS:
+        value = chart.get(key)
+        if key == "maintainers" and isinstance(value, list):
+            value = [
+                {k: m[k] for k in _MAINTAINER_FIELDS if isinstance(m, dict) and not _omitempty(m.get(k))}
+                for m in value
+            ]
+        if key in ("version", "appVersion", "kubeVersion") and value is not None and not isinstance(value, str):
+            value = str(value)
+        if not _omitempty(value):
+            out[key] = value
+    return go_json(out)

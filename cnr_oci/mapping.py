@@ -41,6 +41,11 @@ HELM_LAYER = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
 HELM_LEGACY_LAYER = "application/tar+gzip"
 HELM_PROV = "application/vnd.cncf.helm.chart.provenance.v1.prov"
 CNR_CONFIG = "application/vnd.cnr.package.config.v1+json"
+CHANNEL_CONFIG = "application/vnd.cnr.channel.v1+json"
+CHANNEL_ARTIFACT = "application/vnd.cnr.channel.v1"
+EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
+CHANNEL_TAG_PREFIX = "channel-"
+_CHANNEL = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,119}$")
 ANN_TITLE = "org.opencontainers.image.title"
 ANN_VERSION = "org.opencontainers.image.version"
 ANN_CREATED = "org.opencontainers.image.created"
@@ -136,6 +141,26 @@ def tag_to_release(tag: str) -> str | None:
     """The release a tag holds, or None for tags that are not releases."""
     release = tag.replace("_", "+")
     return release if is_release(release) else None
+
+
+def check_channel(name: str) -> str:
+    """A channel name that fits in the tag channel-<name>."""
+    if not _CHANNEL.match(name):
+        raise errors.InvalidUsage(
+            f"invalid channel name {name[:80]!r}: letters, digits, '.', '_' and '-', at most 120",
+            {"channel": name[:200]},
+        )
+    return name
+
+
+def channel_tag(name: str) -> str:
+    return CHANNEL_TAG_PREFIX + name
+
+
+def channel_from_tag(tag: str) -> str | None:
+    if tag.startswith(CHANNEL_TAG_PREFIX) and _CHANNEL.match(tag[len(CHANNEL_TAG_PREFIX):]):
+        return tag[len(CHANNEL_TAG_PREFIX):]
+    return None
 
 
 def normalize_media_type(value: Any, allow_any: bool = False) -> str:
@@ -244,21 +269,41 @@ def descriptor(media_type: str, data: bytes, digest: str, **extra: Any) -> dict[
 
 
 def helm_annotations(chart: dict[str, Any], release: str, created: str) -> dict[str, str]:
-    """What helm's pkg/registry writes: org.opencontainers.image.* where they have values."""
+    """What helm's pkg/registry writes: org.opencontainers.image.* where they have values,
+    then the chart's own annotations, which may not override title or version."""
+    maintainers = [m for m in chart.get("maintainers") or [] if isinstance(m, dict)]
+    authors = ", ".join(
+        str(m.get("name") or "") + (f" ({m['email']})" if m.get("email") else "") for m in maintainers
+    )
     ann = {
-        ANN_TITLE: str(chart.get("name", "")),
-        ANN_VERSION: release,
-        ANN_CREATED: created,
         ANN_DESCRIPTION: str(chart.get("description") or ""),
+        ANN_TITLE: str(chart.get("name") or ""),
+        ANN_VERSION: release,
         "org.opencontainers.image.url": str(chart.get("home") or ""),
+        ANN_CREATED: created,
         "org.opencontainers.image.source": str((chart.get("sources") or [""])[0] or ""),
-        "org.opencontainers.image.authors": ", ".join(
-            f"{m.get('name', '')}" + (f" ({m['email']})" if m.get("email") else "")
-            for m in (chart.get("maintainers") or [])
-            if isinstance(m, dict)
-        ),
+        "org.opencontainers.image.authors": authors,
     }
-    return {k: v for k, v in ann.items() if v}
+    out = {k: _escape_non_ascii(v) for k, v in ann.items() if v.strip()}
+    for key, value in (chart.get("annotations") or {}).items():
+        if key not in (ANN_TITLE, ANN_VERSION) and isinstance(value, str):
+            out[str(key)] = _escape_non_ascii(value)
+    return out
+
+
+def _escape_non_ascii(value: str) -> str:
+    """helm escapes non-ASCII annotation values as \\uXXXX UTF-16 units, for strict registries."""
+    out = []
+    for ch in value:
+        cp = ord(ch)
+        if cp < 0x80:
+            out.append(ch)
+        elif cp <= 0xFFFF:
+            out.append(f"\\u{cp:04x}")
+        else:
+            cp -= 0x10000
+            out.append(f"\\u{0xD800 + (cp >> 10):04x}\\u{0xDC00 + (cp & 0x3FF):04x}")
+    return "".join(out)
 
 
 def filename(pkg: Package, release: str) -> str:

@@ -251,6 +251,31 @@ async def blob(request: web.Request) -> web.StreamResponse:
     return await _stream(request, stream, f"{pkg.file_stem}_{hexdigest[:8]}.tar.gz", head)
 
 
+# -- E14 to E18: channels ----------------------------------------------------------
+
+
+async def list_channels(request: web.Request) -> web.Response:
+    return _json(await _service(request).channels(_package(request)))
+
+
+async def show_channel(request: web.Request) -> web.Response:
+    return _json(await _service(request).channel(_package(request), request.match_info["channel"]))
+
+
+async def add_channel_release(request: web.Request) -> web.Response:
+    m = request.match_info
+    return _json(await _service(request).add_channel_release(_package(request), m["channel"], m["release"]))
+
+
+async def remove_channel_release(request: web.Request) -> web.Response:
+    m = request.match_info
+    return _json(await _service(request).remove_channel_release(_package(request), m["channel"], m["release"]))
+
+
+async def delete_channel(request: web.Request) -> web.Response:
+    return _json(await _service(request).delete_channel(_package(request), request.match_info["channel"]))
+
+
 # -- routing ----------------------------------------------------------------------
 
 PKG = "/api/v1/packages/{ns}/{name}"
@@ -262,6 +287,11 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/api/v1/packages/search", search),
     ("GET", PKG + "/blobs/sha256/{digest}{json:(/json)?}", blob),
     ("GET", PKG + "/{release}/{media_type}/pull{json:(/json)?}", pull),
+    ("GET", PKG + "/channels", list_channels),
+    ("GET", PKG + "/channels/{channel}", show_channel),
+    ("POST", PKG + "/channels/{channel}/{release}", add_channel_release),
+    ("DELETE", PKG + "/channels/{channel}/{release}", remove_channel_release),
+    ("DELETE", PKG + "/channels/{channel}", delete_channel),
     ("GET", PKG, list_manifests),
     ("POST", PKG, push),
     ("GET", PKG + "/{release}", release_manifests),

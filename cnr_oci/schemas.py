@@ -16,6 +16,7 @@ from cnr_oci import errors
 PUSH_REQUEST = "push-request"
 CNR_CONFIG = "cnr-config"
 CNR_MANIFEST = "cnr-manifest"
+CHANNEL = "channel"
 
 
 def _schema_dir() -> Path:

@@ -17,8 +17,9 @@ from cnr_oci.mapping import Package
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-UNKNOWN_PLATFORM = {"os": "unknown", "architecture": "unknown"}
+UNKNOWN_PLATFORM = {"architecture": "unknown", "os": "unknown"}
 ANN_MEDIA_TYPE = "vnd.cnr.package.media-type"
+EMPTY_JSON = b"{}"
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,42 @@ class Entry:
     layer: dict[str, Any]
 
 
+@dataclass
+class Contents:
+    """What one release tag holds: the top manifest and its children.
+
+    ``children`` are index entries (a single manifest counts as one child);
+    ``packages`` maps each CNR media type to its child descriptor and manifest.
+    """
+
+    top: oci.Manifest | None
+    children: list[dict[str, Any]]
+    packages: dict[str, tuple[dict[str, Any], oci.Manifest]]
+
+    @property
+    def is_index(self) -> bool:
+        return self.top is not None and self.top.doc.get("manifests") is not None
+
+
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 in UTC to the second, as helm writes org.opencontainers.image.created."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def package_descriptor(media_type: str, m: oci.Manifest) -> dict[str, Any]:
+    """An index entry for a package: platform unknown/unknown, as buildx does for attestations,
+    so docker and containerd still pick the image by platform.
+
+    No OCI 1.1 ``artifactType`` here, and keys in containers/image's order: older copy tools
+    (skopeo 1.9) re-serialise entries, and must get the same bytes so digests survive a mirror.
+    """
+    return {
+        "mediaType": m.media_type or mapping.OCI_MANIFEST,
+        "digest": m.digest,
+        "size": len(m.raw),
+        "annotations": {ANN_MEDIA_TYPE: media_type},
+        "platform": dict(UNKNOWN_PLATFORM),
+    }
 
 
 def _canonical(doc: dict[str, Any]) -> bytes:
@@ -134,29 +169,52 @@ class PackageService:
             )
         return mapping.sort_releases(found)
 
-    async def entries(self, pkg: Package, release: str, fresh: bool = False) -> list[Entry]:
-        """The packages a release tag holds: one for a manifest, several for an index."""
-        repo = self.repo(pkg)
+    async def contents(self, repo: str, release: str, fresh: bool = False) -> Contents:
+        """Read a release tag: a package manifest, an image, or an index of both."""
         top = await self._manifest(repo, mapping.release_to_tag(release), fresh)
         if top is None:
-            return []
+            return Contents(None, [], {})
         if top.doc.get("manifests") is None:
-            return self._entry(release, top)
-        children = [
-            d for d in top.doc.get("manifests") or []
-            if isinstance(d, dict) and isinstance(d.get("digest"), str)
-            and ((d.get("annotations") or {}).get(ANN_MEDIA_TYPE) or d.get("platform") == UNKNOWN_PLATFORM)
+            media_type = mapping.classify(top.doc)
+            if media_type is not None:
+                desc = package_descriptor(media_type, top)
+                return Contents(top, [desc], {media_type: (desc, top)})
+            return Contents(top, [await self._image_descriptor(repo, top)], {})
+        children = [d for d in top.doc.get("manifests") or [] if isinstance(d, dict) and isinstance(d.get("digest"), str)]
+        candidates = [
+            d for d in children
+            if (d.get("annotations") or {}).get(ANN_MEDIA_TYPE) or d.get("platform") == UNKNOWN_PLATFORM
         ]
-        found = await self._gather(self._manifest(repo, d["digest"]) for d in children)
-        return [e for m in found if m is not None for e in self._entry(release, m)]
+        found = await self._gather(self._manifest(repo, d["digest"]) for d in candidates)
+        packages: dict[str, tuple[dict[str, Any], oci.Manifest]] = {}
+        for d, m in zip(candidates, found):
+            media_type = mapping.classify(m.doc) if m is not None else None
+            if m is not None and media_type is not None and mapping.content_layer(m.doc):
+                packages.setdefault(media_type, (d, m))
+        return Contents(top, children, packages)
 
-    @staticmethod
-    def _entry(release: str, m: oci.Manifest) -> list[Entry]:
-        media_type = mapping.classify(m.doc)
-        layer = mapping.content_layer(m.doc)
-        if media_type is None or layer is None:
-            return []
-        return [Entry(release, media_type, m.digest, m.doc, layer)]
+    async def _image_descriptor(self, repo: str, m: oci.Manifest) -> dict[str, Any]:
+        """An index entry for a container image that a release tag held, with its platform."""
+        desc: dict[str, Any] = {"mediaType": m.media_type, "digest": m.digest, "size": len(m.raw)}
+        config = m.doc.get("config") or {}
+        if isinstance(config.get("digest"), str):
+            try:
+                cfg = json.loads(await self.oci.get_small_blob(repo, config["digest"]))
+                platform = {k: cfg[k] for k in ("architecture", "os", "variant") if isinstance(cfg.get(k), str)}
+                if "architecture" in platform and "os" in platform:
+                    desc["platform"] = platform
+            except (oci.RegistryError, ValueError, AttributeError):
+                pass
+        return desc
+
+    async def entries(self, pkg: Package, release: str, fresh: bool = False) -> list[Entry]:
+        """The packages a release tag holds: one for a manifest, several for an index."""
+        c = await self.contents(self.repo(pkg), release, fresh)
+        return [
+            Entry(release, mt, m.digest, m.doc, layer)
+            for mt, (_, m) in sorted(c.packages.items())
+            if (layer := mapping.content_layer(m.doc)) is not None
+        ]
 
     async def all_entries(self, pkg: Package, releases: list[str]) -> list[Entry]:
         per = await self._gather(self.entries(pkg, r) for r in releases)
@@ -245,7 +303,7 @@ class PackageService:
     async def show(self, pkg: Package, query: str | None, media_type: str) -> dict[str, Any]:
         e = await self.resolve(pkg, query, media_type)
         obj = await self.manifest_object(pkg, e)
-        return {**obj, "channels": [], "digest": e.digest}
+        return {**obj, "channels": await self.current_channels(pkg, e.release), "digest": e.digest}
 
     async def list_manifests(
         self, pkg: Package, media_type: str | None = None, release: str | None = None
@@ -333,34 +391,58 @@ class PackageService:
     async def push(self, pkg: Package, inp: PushInput) -> None:
         """Store a package; the tag is written last, so a failure leaves nothing visible.
 
+        A release that already holds other media types, or a container image, becomes
+        an OCI index with one entry each; a release holding one package is that manifest.
+
         Raises:
             PackageExists: the (release, media type) exists and force is off.
         """
         repo = self.repo(pkg)
         tag = mapping.release_to_tag(inp.release)
         async with self._lock(repo):
-            top = await self._manifest(repo, tag, fresh=True)
-            if top is not None:
-                held = self._entry(inp.release, top) if top.doc.get("manifests") is None else await self.entries(pkg, inp.release)
-                same = [e for e in held if e.media_type == inp.media_type]
-                details = {"package": pkg.full, "release": inp.release, "media_type": inp.media_type}
-                if same and not inp.force:
-                    raise errors.PackageExists(
-                        f"{pkg.full} release {inp.release} ({inp.media_type}) already exists; "
-                        "push with force to overwrite", details
-                    )
-                if not same or top.doc.get("manifests") is not None:
-                    kinds = sorted(e.media_type for e in held) or ["a non-CNR artifact"]
-                    raise errors.PackageExists(
-                        f"{pkg.full} release {inp.release} already holds {', '.join(kinds)}; "
-                        "several media types in one release are not supported yet", details
-                    )
+            held = await self.contents(repo, inp.release, fresh=True)
+            if inp.media_type in held.packages and not inp.force:
+                raise errors.PackageExists(
+                    f"{pkg.full} release {inp.release} ({inp.media_type}) already exists; "
+                    "push with force to overwrite",
+                    {"package": pkg.full, "release": inp.release, "media_type": inp.media_type},
+                )
             config, raw = self.build_documents(pkg, inp, now_iso())
             await self.oci.upload_blob(repo, inp.digest, inp.blob, self._mount_source(inp.digest, repo))
-            await self.oci.upload_blob(repo, oci.sha256(config), config)
             self._blob_home.put(inp.digest, repo)
-            await self.oci.put_manifest(repo, tag, raw, mapping.OCI_MANIFEST)
-            self._forget(repo, tag)
+            await self.oci.upload_blob(repo, oci.sha256(config), config)
+            new = oci.Manifest(oci.sha256(raw), mapping.OCI_MANIFEST, raw, json.loads(raw))
+            replaced = held.packages.get(inp.media_type, ({}, None))[0].get("digest")
+            children = [c for c in held.children if c["digest"] != replaced]
+            children.append(package_descriptor(inp.media_type, new))
+            if len(children) > 1:
+                await self.oci.put_manifest(repo, new.digest, raw, mapping.OCI_MANIFEST)
+            try:
+                await self._write_tag(repo, tag, held, children, {new.digest: new})
+            finally:
+                self._forget(repo, tag)
+
+    async def _write_tag(
+        self, repo: str, tag: str, held: Contents, children: list[dict[str, Any]],
+        known: dict[str, oci.Manifest] | None = None,
+    ) -> None:
+        """Point a release tag at what it now holds: nothing, one manifest, or an index."""
+        if not children:
+            if held.top is not None:
+                await self.oci.delete_manifest(repo, held.top.digest)
+            return
+        if len(children) == 1:
+            digest = children[0]["digest"]
+            m = (known or {}).get(digest) or await self._manifest(repo, digest)
+            if m is None:
+                raise errors.UpstreamBadGateway(f"manifest {digest} vanished from {repo}")
+            if held.top is None or held.top.digest != m.digest:
+                await self.oci.put_manifest(repo, tag, m.raw, m.media_type or mapping.OCI_MANIFEST)
+            return
+        index: dict[str, Any] = {"schemaVersion": 2, "mediaType": mapping.OCI_INDEX, "manifests": children}
+        if held.is_index and held.top is not None and held.top.doc.get("annotations"):
+            index["annotations"] = held.top.doc["annotations"]
+        await self.oci.put_manifest(repo, tag, json.dumps(index, separators=(",", ":")).encode(), mapping.OCI_INDEX)
 
     def _mount_source(self, digest: str, repo: str) -> str | None:
         home = self._blob_home.get(digest)
@@ -407,7 +489,11 @@ class PackageService:
         return config, json.dumps(manifest, separators=(",", ":")).encode()
 
     async def delete(self, pkg: Package, release: str, media_type: str) -> dict[str, Any]:
-        """Delete one exact (release, media type): resolve tag → digest, DELETE by digest.
+        """Delete one exact (release, media type).
+
+        A single manifest is deleted by digest (distribution has no delete by tag); in an
+        index the entry is dropped and the index rewritten; the last one removes the tag,
+        and the release leaves every channel.
 
         Raises:
             Unsupported: the registry refuses deletes.
@@ -416,21 +502,22 @@ class PackageService:
         repo = self.repo(pkg)
         tag = mapping.release_to_tag(release)
         async with self._lock(repo):
-            top = await self._manifest(repo, tag, fresh=True)
-            held = [] if top is None else await self.entries(pkg, release, fresh=True)
-            chosen = [e for e in held if media_type in ("-", e.media_type)]
-            if top is None or not chosen:
+            held = await self.contents(repo, release, fresh=True)
+            chosen = [mt for mt in held.packages if media_type in ("-", mt)]
+            if not chosen:
                 raise errors.PackageNotFound(
                     f"{pkg.full} release {release} ({media_type}) not found",
                     {"package": pkg.full, "release": release, "media_type": media_type},
                 )
             if len(chosen) > 1:
                 raise errors.InvalidUsage(
-                    f"release {release} holds several media types; name one",
-                    {"media_types": sorted(e.media_type for e in chosen)},
+                    f"release {release} holds several media types: {', '.join(sorted(chosen))}; name one",
+                    {"media_types": sorted(chosen)},
                 )
+            gone = held.packages[chosen[0]][0]["digest"]
+            children = [c for c in held.children if c["digest"] != gone]
             try:
-                await self.oci.delete_manifest(repo, top.digest)
+                await self._write_tag(repo, tag, held, children)
             except oci.UnsupportedOperation as exc:
                 raise errors.Unsupported(
                     f"the registry refuses deletion ({exc.status} {exc.code or 'UNSUPPORTED'}); "
@@ -439,4 +526,154 @@ class PackageService:
                 ) from exc
             finally:
                 self._forget(repo, tag)
+            if not children:
+                await self._drop_from_channels(pkg, release)
         return {"status": "deleted", "package": pkg.full, "release": release}
+
+    # -- channels ----------------------------------------------------------------
+
+    async def _read_channel(self, repo: str, name: str, fresh: bool = False) -> tuple[dict[str, Any], oci.Manifest] | None:
+        m = await self._manifest(repo, mapping.channel_tag(name), fresh)
+        if m is None or (m.doc.get("config") or {}).get("mediaType") != mapping.CHANNEL_CONFIG:
+            return None
+        digest = str(m.doc["config"].get("digest"))
+        doc = self._configs.get(digest)
+        if doc is None:
+            try:
+                doc = json.loads(await self.oci.get_small_blob(repo, digest))
+            except ValueError as exc:
+                raise errors.UpstreamBadGateway(f"channel config {digest} in {repo} is not JSON") from exc
+            schemas.check_stored(schemas.CHANNEL, doc, f"{repo}@{digest}")
+            self._configs.put(digest, doc)
+        return doc, m
+
+    async def channels(self, pkg: Package) -> list[dict[str, Any]]:
+        """E14: every channel of a package; 404 when the package does not exist."""
+        await self.releases(pkg)
+        repo = self.repo(pkg)
+        names = sorted(n for t in await self._tags_of(repo) if (n := mapping.channel_from_tag(t)))
+        found = await self._gather(self._read_channel(repo, n) for n in names)
+        return [c[0] for c in found if c is not None]
+
+    async def channel(self, pkg: Package, name: str) -> dict[str, Any]:
+        mapping.check_channel(name)
+        await self.releases(pkg)
+        found = await self._read_channel(self.repo(pkg), name)
+        if found is None:
+            raise errors.ChannelNotFound(
+                f"channel {name} of {pkg.full} not found", {"package": pkg.full, "channel": name}
+            )
+        return found[0]
+
+    async def _write_channel(self, pkg: Package, doc: dict[str, Any]) -> None:
+        """A channel is its own small manifest at tag channel-<name>, never a tag alias."""
+        repo = self.repo(pkg)
+        _check_written(schemas.CHANNEL, doc)
+        config = _canonical(doc)
+        await self.oci.upload_blob(repo, oci.sha256(config), config)
+        await self.oci.upload_blob(repo, oci.sha256(EMPTY_JSON), EMPTY_JSON)
+        manifest: dict[str, Any] = {
+            "schemaVersion": 2,
+            "mediaType": mapping.OCI_MANIFEST,
+            "artifactType": mapping.CHANNEL_ARTIFACT,
+            "config": mapping.descriptor(mapping.CHANNEL_CONFIG, config, oci.sha256(config)),
+            "layers": [mapping.descriptor(mapping.EMPTY_MEDIA_TYPE, EMPTY_JSON, oci.sha256(EMPTY_JSON))],
+            "annotations": {mapping.ANN_CREATED: now_iso()},
+        }
+        current = await self._manifest(repo, mapping.release_to_tag(doc["current"]), fresh=True)
+        if current is not None:
+            manifest["subject"] = {"mediaType": current.media_type, "digest": current.digest, "size": len(current.raw)}
+        tag = mapping.channel_tag(doc["name"])
+        try:
+            await self.oci.put_manifest(repo, tag, json.dumps(manifest, separators=(",", ":")).encode(),
+                                        mapping.OCI_MANIFEST)
+        finally:
+            self._forget(repo, tag)
+
+    async def add_channel_release(self, pkg: Package, name: str, release: str) -> dict[str, Any]:
+        """E16: add an existing release to a channel and make it current."""
+        mapping.check_channel(name)
+        mapping.check_release(release)
+        repo = self.repo(pkg)
+        async with self._lock(repo):
+            if release not in await self.releases(pkg) or not await self.entries(pkg, release, fresh=True):
+                raise errors.ReleaseNotFound(
+                    f"{pkg.full} has no release {release}", {"package": pkg.full, "release_query": release}
+                )
+            found = await self._read_channel(repo, name, fresh=True)
+            releases = set(found[0]["releases"]) if found else set()
+            releases.add(release)
+            doc = {"name": name, "current": release, "releases": mapping.sort_releases(releases)}
+            await self._write_channel(pkg, doc)
+        return doc
+
+    async def remove_channel_release(self, pkg: Package, name: str, release: str) -> dict[str, Any]:
+        """E17: drop a release; current moves to the highest left; the last one deletes the channel."""
+        mapping.check_channel(name)
+        mapping.check_release(release)
+        repo = self.repo(pkg)
+        async with self._lock(repo):
+            found = await self._read_channel(repo, name, fresh=True)
+            if found is None:
+                raise errors.ChannelNotFound(
+                    f"channel {name} of {pkg.full} not found", {"package": pkg.full, "channel": name}
+                )
+            if release not in found[0]["releases"]:
+                raise errors.ReleaseNotFound(
+                    f"channel {name} of {pkg.full} has no release {release}",
+                    {"package": pkg.full, "release_query": release},
+                )
+            await self._channel_without(pkg, found, release)
+        return {"status": "deleted", "package": pkg.full, "name": name, "release": release}
+
+    async def _channel_without(self, pkg: Package, found: tuple[dict[str, Any], oci.Manifest], release: str) -> None:
+        doc, m = found
+        left = [r for r in doc["releases"] if r != release]
+        if not left:
+            await self._delete_channel_manifest(pkg, doc["name"], m)
+            return
+        current = doc["current"] if doc["current"] != release else mapping.sort_releases(left)[0]
+        await self._write_channel(pkg, {"name": doc["name"], "current": current, "releases": left})
+
+    async def _delete_channel_manifest(self, pkg: Package, name: str, m: oci.Manifest) -> None:
+        repo = self.repo(pkg)
+        try:
+            await self.oci.delete_manifest(repo, m.digest)
+        except oci.UnsupportedOperation as exc:
+            raise errors.Unsupported(
+                f"the registry refuses deletion ({exc.status} {exc.code or 'UNSUPPORTED'})",
+                {"package": pkg.full, "channel": name},
+            ) from exc
+        finally:
+            self._forget(repo, mapping.channel_tag(name))
+
+    async def delete_channel(self, pkg: Package, name: str) -> dict[str, Any]:
+        """E18."""
+        mapping.check_channel(name)
+        repo = self.repo(pkg)
+        async with self._lock(repo):
+            found = await self._read_channel(repo, name, fresh=True)
+            if found is None:
+                raise errors.ChannelNotFound(
+                    f"channel {name} of {pkg.full} not found", {"package": pkg.full, "channel": name}
+                )
+            await self._delete_channel_manifest(pkg, name, found[1])
+        return {"channel": name, "package": pkg.full, "action": "delete"}
+
+    async def _drop_from_channels(self, pkg: Package, release: str) -> None:
+        """A deleted release leaves every channel (called under the package lock)."""
+        repo = self.repo(pkg)
+        self._tags.drop(repo)
+        for tag in await self._tags_of(repo):
+            name = mapping.channel_from_tag(tag)
+            found = await self._read_channel(repo, name, fresh=True) if name else None
+            if found is not None and release in found[0]["releases"]:
+                await self._channel_without(pkg, found, release)
+
+    async def current_channels(self, pkg: Package, release: str) -> list[str]:
+        """The channels whose current release this is (for E10)."""
+        try:
+            return sorted(c["name"] for c in await self.channels(pkg) if c["current"] == release)
+        except errors.PackageNotFound:
+            return []
+
