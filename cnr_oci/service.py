@@ -75,6 +75,13 @@ def _canonical(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
 
+def _refused(exc: oci.RegistryError, details: dict[str, Any]) -> errors.CnrError:
+    return errors.Unsupported(
+        f"the registry refuses deletion ({exc.status} {exc.code or 'UNSUPPORTED'}); nothing was deleted",
+        details,
+    )
+
+
 def _check_written(name: str, doc: Any) -> None:
     problem = schemas.first_error(name, doc)
     if problem:
@@ -519,11 +526,7 @@ class PackageService:
             try:
                 await self._write_tag(repo, tag, held, children)
             except oci.UnsupportedOperation as exc:
-                raise errors.Unsupported(
-                    f"the registry refuses deletion ({exc.status} {exc.code or 'UNSUPPORTED'}); "
-                    "nothing was deleted",
-                    {"package": pkg.full, "release": release},
-                ) from exc
+                raise _refused(exc, {"package": pkg.full, "release": release}) from exc
             finally:
                 self._forget(repo, tag)
             if not children:
@@ -558,12 +561,15 @@ class PackageService:
     async def channel(self, pkg: Package, name: str) -> dict[str, Any]:
         mapping.check_channel(name)
         await self.releases(pkg)
-        found = await self._read_channel(self.repo(pkg), name)
+        return (await self._existing_channel(pkg, name))[0]
+
+    async def _existing_channel(self, pkg: Package, name: str, fresh: bool = False) -> tuple[dict[str, Any], oci.Manifest]:
+        found = await self._read_channel(self.repo(pkg), name, fresh)
         if found is None:
             raise errors.ChannelNotFound(
                 f"channel {name} of {pkg.full} not found", {"package": pkg.full, "channel": name}
             )
-        return found[0]
+        return found
 
     async def _write_channel(self, pkg: Package, doc: dict[str, Any]) -> None:
         """A channel is its own small manifest at tag channel-<name>, never a tag alias."""
@@ -613,11 +619,7 @@ class PackageService:
         mapping.check_release(release)
         repo = self.repo(pkg)
         async with self._lock(repo):
-            found = await self._read_channel(repo, name, fresh=True)
-            if found is None:
-                raise errors.ChannelNotFound(
-                    f"channel {name} of {pkg.full} not found", {"package": pkg.full, "channel": name}
-                )
+            found = await self._existing_channel(pkg, name, fresh=True)
             if release not in found[0]["releases"]:
                 raise errors.ReleaseNotFound(
                     f"channel {name} of {pkg.full} has no release {release}",
@@ -640,10 +642,7 @@ class PackageService:
         try:
             await self.oci.delete_manifest(repo, m.digest)
         except oci.UnsupportedOperation as exc:
-            raise errors.Unsupported(
-                f"the registry refuses deletion ({exc.status} {exc.code or 'UNSUPPORTED'})",
-                {"package": pkg.full, "channel": name},
-            ) from exc
+            raise _refused(exc, {"package": pkg.full, "channel": name}) from exc
         finally:
             self._forget(repo, mapping.channel_tag(name))
 
@@ -652,11 +651,7 @@ class PackageService:
         mapping.check_channel(name)
         repo = self.repo(pkg)
         async with self._lock(repo):
-            found = await self._read_channel(repo, name, fresh=True)
-            if found is None:
-                raise errors.ChannelNotFound(
-                    f"channel {name} of {pkg.full} not found", {"package": pkg.full, "channel": name}
-                )
+            found = await self._existing_channel(pkg, name, fresh=True)
             await self._delete_channel_manifest(pkg, name, found[1])
         return {"channel": name, "package": pkg.full, "action": "delete"}
 
