@@ -465,7 +465,8 @@ class PackageService:
             annotations = mapping.helm_annotations(inp.chart, inp.release, created)
             if inp.metadata is not None:
                 annotations[mapping.ANN_METADATA] = json.dumps(inp.metadata, sort_keys=True)
-            layer_annotations = {}
+            # helm ignores layer annotations; ORAS names the pulled file after this one.
+            layer_annotations = {mapping.ANN_TITLE: f"{inp.chart['name']}-{inp.release}.tgz"}
             extra: dict[str, Any] = {}
         else:
             cfg = {

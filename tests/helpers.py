@@ -88,3 +88,29 @@ def catalog(registry_url: str) -> set[str]:
         if len(page) < 1000:
             return repos
         last = page[-1]
+
+
+def put_blob(registry_url: str, repo: str, data: bytes) -> str:
+    """Upload a blob with raw OCI calls (POST, then PUT ?digest=); returns its digest."""
+    digest = "sha256:" + sha(data)
+    req = urllib.request.Request(f"{registry_url}/v2/{repo}/blobs/uploads/", method="POST", data=b"")
+    with urllib.request.urlopen(req) as r:
+        loc = r.headers["Location"]
+    sep = "&" if "?" in loc else "?"
+    req = urllib.request.Request(f"{loc}{sep}digest={digest}", method="PUT", data=data,
+                                 headers={"Content-Type": "application/octet-stream"})
+    urllib.request.urlopen(req).close()
+    return digest
+
+
+def put_manifest(registry_url: str, repo: str, ref: str, doc: dict[str, Any],
+                 media_type: str = "application/vnd.oci.image.manifest.v1+json") -> str:
+    raw = json.dumps(doc).encode()
+    req = urllib.request.Request(f"{registry_url}/v2/{repo}/manifests/{ref}", data=raw, method="PUT",
+                                 headers={"Content-Type": media_type})
+    urllib.request.urlopen(req).close()
+    return "sha256:" + sha(raw)
+
+
+def descriptor(media_type: str, data: bytes, **extra: Any) -> dict[str, Any]:
+    return {"mediaType": media_type, "digest": "sha256:" + sha(data), "size": len(data), **extra}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.request
 
 import pytest
 import yaml
@@ -100,27 +99,11 @@ async def test_a_stored_config_that_fails_its_schema_is_a_502(client, registry):
     await push(client, repo, kpm())
     m, _ = helpers.manifest(registry.url, repo, "1.0.0")
     bad = json.dumps({"package": "NOT VALID"}).encode()
-    put_blob(registry.url, repo, bad)
+    helpers.put_blob(registry.url, repo, bad)
     m["config"] = {"mediaType": mapping.CNR_CONFIG, "digest": "sha256:" + sha(bad), "size": len(bad)}
-    put_manifest(registry.url, repo, "2.0.0", m)
+    helpers.put_manifest(registry.url, repo, "2.0.0", m)
     resp = await client.get(f"{API}/{repo}/2.0.0/kpm")
     assert resp.status == 502 and (await resp.json())["code"] == "upstream-unavailable"
-
-
-def put_blob(url, repo, data):
-    req = urllib.request.Request(f"{url}/v2/{repo}/blobs/uploads/", method="POST", data=b"")
-    with urllib.request.urlopen(req) as r:
-        loc = r.headers["Location"]
-    sep = "&" if "?" in loc else "?"
-    req = urllib.request.Request(f"{loc}{sep}digest=sha256:{sha(data)}", method="PUT", data=data,
-                                 headers={"Content-Type": "application/octet-stream"})
-    urllib.request.urlopen(req).close()
-
-
-def put_manifest(url, repo, tag, doc):
-    req = urllib.request.Request(f"{url}/v2/{repo}/manifests/{tag}", data=json.dumps(doc).encode(), method="PUT",
-                                 headers={"Content-Type": mapping.OCI_MANIFEST})
-    urllib.request.urlopen(req).close()
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import os
 
 import psutil
 
+from tests import helpers
 from tests.helpers import body, kpm, unique
-from tests.test_storage import put_blob
 
 API = "/cnr/api/v1/packages"
 SIZE = 96 * 1024 * 1024
@@ -21,7 +21,7 @@ async def test_streaming_a_large_blob_keeps_memory_flat(client, registry):
     assert (await client.post(f"{API}/{repo}", json=body(kpm()))).status == 200
     data = os.urandom(SIZE)
     digest = hashlib.sha256(data).hexdigest()
-    put_blob(registry.url, repo, data)
+    helpers.put_blob(registry.url, repo, data)
     del data
     gc.collect()
     proc = psutil.Process()
