@@ -10,8 +10,10 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from cnr_oci import appkeys, errors, oci
+from cnr_oci.auth import IDENTITY, TokenCodec, load_secret, parse_authorization, service_credentials
 from cnr_oci.embedded import EmbeddedRegistry
 from cnr_oci.oci import OciClient
 from cnr_oci.service import PackageService
@@ -39,11 +41,18 @@ _HTTP_TO_CNR = {
 }
 
 
-def registry_to_cnr(exc: oci.RegistryError) -> errors.CnrError:
+def registry_to_cnr(exc: oci.RegistryError, request: web.Request) -> errors.CnrError:
     for source, target in _REGISTRY_TO_CNR:
         if isinstance(exc, source):
-            return target(f"registry: {exc}")
+            details: dict[str, object] = {}
+            if isinstance(exc, oci.Denied):
+                m = request.match_info
+                details = {"package": f"{m['ns']}/{m['name']}" if "ns" in m else None, "scopes": exc.scopes}
+            return target(f"registry: {exc}", details)
     raise AssertionError("unreachable")
+
+
+CHALLENGE = {"WWW-Authenticate": 'Basic realm="cnr-oci"'}
 
 
 @web.middleware
@@ -56,12 +65,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             # Headers are gone: abort the connection, never finish a wrong body.
             log.warning("aborting stream for %s %s: %s", request.method, request.path, exc)
             raise
-        if isinstance(exc, errors.CnrError):
-            return errors.render(exc)
         if isinstance(exc, oci.RegistryError):
             log.warning("registry error on %s %s: %s; upstream said: %.300s",
                         request.method, request.path, exc, exc.body)
-            return errors.render(registry_to_cnr(exc))
+            exc = registry_to_cnr(exc, request)
+        if isinstance(exc, errors.CnrError):
+            return errors.render(exc, CHALLENGE if exc.status == 401 else None)
         if isinstance(exc, web.HTTPException):
             if exc.status < 400:
                 raise
@@ -75,7 +84,56 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                                                   {"request_id": request_id}))
 
 
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The caller's identity, for every registry request this CNR request makes.
+
+    Without credentials, cnr-oci's own service credentials stand in only where the operator
+    allowed it: reads with --anonymous-read, writes with --service-write.
+    """
+    ident = None
+    if request.path not in LOGIN_PATHS:
+        ident = parse_authorization(request.headers.get("Authorization"), request.app[appkeys.TOKENS])
+    if ident is None and appkeys.SERVICE_CREDENTIALS in request.app:
+        settings = request.app[appkeys.SETTINGS]
+        reading = request.method in ("GET", "HEAD")
+        if (reading and settings.anonymous_read) or (not reading and settings.service_write):
+            ident = request.app[appkeys.SERVICE_CREDENTIALS]
+    token = IDENTITY.set(ident)
+    try:
+        return await handler(request)
+    finally:
+        IDENTITY.reset(token)
+
+
+LOGIN_PATHS = frozenset(p + s for p in ("/cnr/api/v1/users/login", "/api/v1/users/login") for s in ("", "/"))
+
+
+def cors_middleware(origins: tuple[str, ...]) -> Middleware:
+    """CORS for the configured origins only (off by default)."""
+    allow_all = "*" in origins
+
+    @web.middleware
+    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        allowed = origin is not None and (allow_all or origin in origins)
+        if allowed and request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            resp: web.StreamResponse = web.Response(status=204)
+        else:
+            resp = await handler(request)
+        if allowed and origin is not None:
+            resp.headers["Access-Control-Allow-Origin"] = "*" if allow_all else origin
+            resp.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            resp.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+            resp.headers["Vary"] = "Origin"
+        return resp
+
+    return cors
+
+
 def _ssl_context(settings: Settings) -> ssl.SSLContext | bool:
+    if settings.tls_insecure:
+        return False
     if settings.ca_file:
         return ssl.create_default_context(cafile=settings.ca_file)
     return True
@@ -110,6 +168,12 @@ async def client_ctx(app: web.Application) -> AsyncIterator[None]:
         app[appkeys.SESSION] = session
         client = OciClient(session, app[appkeys.UPSTREAM])
         app[appkeys.OCI] = client
+        creds = await asyncio.to_thread(
+            service_credentials, settings.registry_username, settings.registry_password,
+            settings.docker_config, client.base.host_port_subcomponent or "",
+        )
+        if creds is not None:
+            app[appkeys.SERVICE_CREDENTIALS] = creds
         app[appkeys.SERVICE] = PackageService(
             client, settings.repository_prefix, tag_ttl=settings.tag_ttl
         )
@@ -120,10 +184,13 @@ def create_app(settings: Settings) -> web.Application:
     """Build the cnr-oci application from settings (no argv, no environment)."""
     from cnr_oci import routes
 
-    app = web.Application(
-        middlewares=[error_middleware], client_max_size=settings.max_body_size
-    )
+    middlewares: list[Middleware] = []
+    if settings.cors_origins:
+        middlewares.append(cors_middleware(settings.cors_origins))
+    middlewares += [error_middleware, auth_middleware]
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_size)
     app[appkeys.SETTINGS] = settings
+    app[appkeys.TOKENS] = TokenCodec(load_secret(settings.token_secret, settings.data_dir), settings.token_ttl)
     app.cleanup_ctx.append(registry_ctx)
     app.cleanup_ctx.append(client_ctx)
     routes.setup_routes(app)

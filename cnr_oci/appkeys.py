@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from cnr_oci.auth import Credentials, TokenCodec
 from cnr_oci.embedded import EmbeddedRegistry
 from cnr_oci.oci import OciClient
 from cnr_oci.service import PackageService
@@ -16,3 +17,5 @@ EMBEDDED = web.AppKey("embedded", EmbeddedRegistry)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 OCI = web.AppKey("oci", OciClient)
 SERVICE = web.AppKey("service", PackageService)
+TOKENS = web.AppKey("tokens", TokenCodec)
+SERVICE_CREDENTIALS = web.AppKey("service_credentials", Credentials)

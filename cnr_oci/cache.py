@@ -59,5 +59,9 @@ class TTLCache(Generic[K, V]):
     def drop(self, key: K) -> None:
         self._data.pop(key, None)
 
+    def drop_where(self, pred: Callable[[K], bool]) -> None:
+        for key in [k for k in self._data if pred(k)]:
+            del self._data[key]
+
     def clear(self) -> None:
         self._data.clear()

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import re
+import ssl
 import sys
 from dataclasses import fields
 from typing import Any, Callable, Mapping, Sequence
@@ -28,6 +29,18 @@ def parse_size(value: str) -> int:
     return int(m.group(1)) * _UNITS[unit]
 
 
+def _bool(value: str) -> bool:
+    if str(value).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(value).lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    return tuple(o.strip() for o in value.split(",") if o.strip())
+
+
 def _upstream(value: str) -> str:
     if not re.match(r"^https?://[^/]+", value):
         raise argparse.ArgumentTypeError("--upstream must be an http:// or https:// URL")
@@ -46,11 +59,26 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--data-dir", "data_dir", str, "data directory of the embedded registry (default ./data)"),
     ("--max-body-size", "max_body_size", parse_size, "largest request body (default 64MiB)"),
     ("--log-level", "log_level", str, "debug, info, warning or error (default info)"),
+    ("--token-secret", "token_secret", str,
+     "secret for login tokens; default: generated once into <data-dir>/token-secret"),
+    ("--token-ttl", "token_ttl", int, "lifetime of login tokens in seconds (default 43200)"),
+    ("--registry-username", "registry_username", str, "cnr-oci's own registry user (service credentials)"),
+    ("--registry-password", "registry_password", str, "cnr-oci's own registry password"),
+    ("--docker-config", "docker_config", str,
+     "read service credentials for the upstream from this Docker config.json (or its directory)"),
+    ("--anonymous-read", "anonymous_read", _bool, "callers without credentials read as the service user"),
+    ("--service-write", "service_write", _bool, "callers without credentials write as the service user"),
+    ("--tls-insecure", "tls_insecure", _bool, "do not verify the upstream registry's TLS certificate"),
+    ("--tls-cert", "tls_cert", str, "serve HTTPS with this certificate (PEM)"),
+    ("--tls-key", "tls_key", str, "the private key of --tls-cert (PEM)"),
+    ("--cors-origin", "cors_origins", _origins, "comma-separated origins allowed by CORS (default none: off)"),
 ]
+SWITCHES = {"anonymous_read", "service_write", "tls_insecure"}
 
 
-def env_name(field: str) -> str:
-    return "CNR_OCI_" + field.upper()
+def env_name(flag: str) -> str:
+    """--repository-prefix -> CNR_OCI_REPOSITORY_PREFIX."""
+    return "CNR_OCI_" + flag.lstrip("-").upper().replace("-", "_")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the server")
     for flag, field, _, text in FLAGS:
-        serve.add_argument(flag, dest=field, default=None, help=f"{text}; env {env_name(field)}")
+        if field in SWITCHES:
+            serve.add_argument(flag, dest=field, action="store_const", const="true", default=None,
+                               help=f"{text}; env {env_name(flag)}=true")
+        else:
+            serve.add_argument(flag, dest=field, default=None, help=f"{text}; env {env_name(flag)}")
     return parser
 
 
@@ -71,12 +103,12 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
         assert field in known
         raw = getattr(args, field, None)
         if raw is None:
-            raw = environ.get(env_name(field)) or None
+            raw = environ.get(env_name(flag)) or None
         if raw is not None:
             try:
                 values[field] = convert(raw)
             except (ValueError, argparse.ArgumentTypeError) as exc:
-                raise SystemExit(f"cnr-oci: {flag} / {env_name(field)}: {exc}") from exc
+                raise SystemExit(f"cnr-oci: {flag} / {env_name(flag)}: {exc}") from exc
     return Settings(**values)
 
 
@@ -91,8 +123,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     from cnr_oci.app import create_app
     from cnr_oci.embedded import RegistryNotInstalled
 
+    listener = None
+    if settings.tls_cert:
+        listener = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        listener.load_cert_chain(settings.tls_cert, settings.tls_key)
     try:
-        web.run_app(create_app(settings), host=settings.host, port=settings.port,
+        web.run_app(create_app(settings), host=settings.host, port=settings.port, ssl_context=listener,
                     print=lambda msg: logging.getLogger("cnr_oci").info("%s", msg.strip()))
     except RegistryNotInstalled as exc:
         print(f"cnr-oci: {exc}", file=sys.stderr)

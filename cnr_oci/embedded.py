@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -61,6 +62,7 @@ class EmbeddedRegistry:
         delete_enabled: bool = True,
         extra_config: str = "",
         log_path: str | None = None,
+        tls: bool = False,
     ) -> None:
         self.root = Path(data_dir)
         self.binary = binary
@@ -68,11 +70,12 @@ class EmbeddedRegistry:
         self.delete_enabled = delete_enabled
         self.extra_config = extra_config
         self.log_path = log_path
+        self.tls = tls  # extra_config carries http.tls; readiness is checked without verification
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def host(self) -> str:
@@ -107,7 +110,8 @@ class EmbeddedRegistry:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"docker-registry exited with code {self.proc.returncode}")
             try:
-                with urllib.request.urlopen(self.url + "/v2/", timeout=1):
+                ctx = ssl._create_unverified_context() if self.tls else None
+                with urllib.request.urlopen(self.url + "/v2/", timeout=1, context=ctx):
                     return
             except urllib.error.HTTPError as exc:
                 if exc.code == 401:

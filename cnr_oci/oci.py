@@ -13,6 +13,8 @@ from typing import Any, AsyncIterator, Mapping
 import aiohttp
 from yarl import URL
 
+from cnr_oci.auth import IDENTITY, Credentials
+from cnr_oci.challenge import Authenticator, Challenge, TokenRefused, TokenUnavailable, parse_challenge, scope_for
 from cnr_oci.mapping import MANIFEST_ACCEPT
 
 log = logging.getLogger(__name__)
@@ -21,6 +23,7 @@ MAX_MANIFEST = 4 * 1024 * 1024  # distribution's manifest size limit
 CHUNK = 256 * 1024
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 IDEMPOTENT = frozenset({"GET", "HEAD"})
+STREAM_BODY = 64 * 1024  # larger bodies are sent from a BytesIO, in chunks
 
 
 class RegistryError(Exception):
@@ -54,7 +57,12 @@ class Unauthorized(RegistryError):
 
 
 class Denied(RegistryError):
-    pass
+    """The credentials are good but do not allow this action; ``scopes`` names what is missing."""
+
+    def __init__(self, message: str, status: int = 0, code: str = "", body: str = "",
+                 scopes: list[str] | None = None) -> None:
+        super().__init__(message, status, code, body)
+        self.scopes = scopes or []
 
 
 class TooManyRequests(RegistryError):
@@ -99,7 +107,11 @@ _BY_STATUS: dict[int, type[RegistryError]] = {
 }
 
 
-def _translate(status: int, body: bytes, what: str) -> RegistryError:
+def _action(method: str) -> str:
+    return {"GET": "pull", "HEAD": "pull", "DELETE": "delete"}.get(method, "push")
+
+
+def _translate(status: int, body: bytes, what: str, method: str = "GET") -> RegistryError:
     text = body[:4096].decode("utf-8", "replace")
     code = ""
     try:
@@ -111,7 +123,19 @@ def _translate(status: int, body: bytes, what: str) -> RegistryError:
         cls: type[RegistryError] = RegistryUnavailable
     else:
         cls = _BY_CODE.get(code) or _BY_STATUS.get(status) or BadRequest
+    if cls is Denied:
+        return Denied(f"{what}: registry answered {status} {code}".rstrip(), status, code, text, [_action(method)])
     return cls(f"{what}: registry answered {status} {code}".rstrip(), status, code, text)
+
+
+def _refused(ch: Challenge | None, ident: Credentials | None, method: str, what: str, body: str) -> RegistryError:
+    """A final 401: with credentials and too little scope it is a denial (403), else 401."""
+    action = _action(method)
+    if ident is not None and ch is not None and ch.params.get("error") == "insufficient_scope":
+        return Denied(f"{what}: the credentials do not allow {action}", 401, "DENIED", body, [action])
+    if ident is None:
+        return Unauthorized(f"{what}: the registry requires credentials", 401, "UNAUTHORIZED", body)
+    return Unauthorized(f"{what}: the registry refused the credentials", 401, "UNAUTHORIZED", body)
 
 
 @dataclass(frozen=True)
@@ -143,6 +167,7 @@ class OciClient:
         self._retries = retries
         self._backoff = backoff
         self._backoff_cap = backoff_cap
+        self.auth = Authenticator(session)
 
     def _url(self, path: str) -> URL:
         # encoded=True: repository names and digests are already URL-safe.
@@ -156,10 +181,12 @@ class OciClient:
         expect: tuple[int, ...] = (200,),
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
-        data: Any = None,
+        data: bytes | None = None,
         what: str = "",
+        authenticate: bool = True,
     ) -> aiohttp.ClientResponse:
-        """The single choke point: retries idempotent requests and translates errors.
+        """The single choke point: authenticates as the caller, retries idempotent requests
+        on 429/502/503/504 and connection errors, and translates errors.
 
         Returns an open response with an expected status; the caller releases it.
 
@@ -172,10 +199,8 @@ class OciClient:
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
-                resp = await self._session.request(
-                    method, url, headers=headers, params=params, data=data
-                )
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as exc:
+                resp = await self._send(method, url, headers, params, data, what, authenticate)
+            except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError, TokenUnavailable) as exc:
                 if last:
                     raise RegistryUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
                 await self._sleep(attempt)
@@ -188,14 +213,57 @@ class OciClient:
                 log.info("registry answered %s to %s, retrying", resp.status, what)
                 await self._sleep(attempt)
                 continue
-            raise _translate(resp.status, body, what)
+            raise _translate(resp.status, body, what, method)
+        raise AssertionError("unreachable")
+
+    async def _send(
+        self, method: str, url: URL, headers: Mapping[str, str] | None,
+        params: Mapping[str, str] | None, data: bytes | None, what: str, authenticate: bool = True,
+    ) -> aiohttp.ClientResponse:
+        """Send as the request's identity; answer one 401 challenge, then give up."""
+        if not authenticate:
+            return await self._session.request(method, url, headers=headers, params=params, data=data)
+        ident = IDENTITY.get()
+        scope = scope_for(method, url.path)
+        for attempt in range(2):
+            sent = dict(headers or {})
+            auth = self.auth.cached(ident, scope)
+            if auth:
+                sent["Authorization"] = auth
+            body: Any = io.BytesIO(data) if data is not None and len(data) > STREAM_BODY else data
+            resp = await self._session.request(method, url, headers=sent, params=params, data=body)
+            if resp.status != 401:
+                return resp
+            challenge = resp.headers.get("WWW-Authenticate")
+            text = (await resp.read())[:4096].decode("utf-8", "replace") if method != "HEAD" else ""
+            resp.release()
+            if attempt == 0:
+                self.auth.forget(ident, scope)
+                try:
+                    answer = await self.auth.answer(challenge, ident, scope)
+                except TokenRefused as exc:
+                    raise Unauthorized(f"{what}: {exc}", 401) from exc
+                if answer is not None:
+                    continue
+            raise _refused(parse_challenge(challenge), ident, method, what, text)
         raise AssertionError("unreachable")
 
     async def _sleep(self, attempt: int) -> None:
         await asyncio.sleep(min(self._backoff_cap, self._backoff * (2**attempt)))
 
-    async def ping(self) -> None:
-        resp = await self._request("GET", "/v2/", expect=(200, 401))
+    async def ping(self) -> bool:
+        """Whether the registry answers; True when it asks for credentials (401)."""
+        resp = await self._request("GET", "/v2/", expect=(200, 401), authenticate=False)
+        resp.release()
+        return resp.status == 401
+
+    async def check_credentials(self) -> None:
+        """GET /v2/ as the current identity.
+
+        Raises:
+            Unauthorized: the registry (or its token endpoint) refuses the credentials.
+        """
+        resp = await self._request("GET", "/v2/")
         resp.release()
 
     # -- manifests -------------------------------------------------------------
@@ -301,8 +369,7 @@ class OciClient:
             url,
             expect=(201, 204),
             headers={"Content-Type": "application/octet-stream"},
-            # BytesIO shares the buffer and is written out in chunks, not in one call.
-            data=io.BytesIO(data),
+            data=data,
             what=f"PUT blob {repo}@{digest}",
         )
         resp.release()

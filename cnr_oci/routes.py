@@ -12,6 +12,7 @@ from aiohttp import web
 
 from cnr_oci import __version__, appkeys, archive, errors, mapping
 from cnr_oci.app import STREAMING
+from cnr_oci.auth import IDENTITY, Credentials
 from cnr_oci.mapping import Package
 from cnr_oci.oci import BlobStream
 from cnr_oci.service import PackageService
@@ -100,8 +101,18 @@ async def login(request: web.Request) -> web.Response:
         raise errors.InvalidUsage(
             'login needs {"user": {"username": ..., "password": ...}}', {"field": "user"}
         )
-    # Until authentication lands, the token carries no credentials.
-    return _json({"token": "anonymous"})
+    codec = request.app[appkeys.TOKENS]
+    client = request.app[appkeys.OCI]
+    if not await client.ping():
+        # The registry asks nobody for credentials: the token carries none.
+        return _json({"token": codec.issue(None)})
+    creds = Credentials(user["username"], user["password"])
+    token = IDENTITY.set(creds)
+    try:
+        await client.check_credentials()
+    finally:
+        IDENTITY.reset(token)
+    return _json({"token": codec.issue(creds)})
 
 
 # -- E5, E6 -----------------------------------------------------------------------

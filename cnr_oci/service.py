@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Iterable, TypeVar
 
 from cnr_oci import errors, mapping, oci, schemas
+from cnr_oci.auth import identity_key
 from cnr_oci.archive import PushInput, helm_config
 from cnr_oci.cache import LRU, TTLCache
 from cnr_oci.mapping import Package
@@ -103,8 +104,9 @@ class PackageService:
         self.oci = client
         self.prefix = prefix.strip("/")
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._tags: TTLCache[str, list[str]] = TTLCache(tag_ttl)
-        self._tag_digest: TTLCache[tuple[str, str], str] = TTLCache(tag_ttl)
+        # What a caller may see depends on who it is: these caches are per identity.
+        self._tags: TTLCache[tuple[str, str], list[str]] = TTLCache(tag_ttl)
+        self._tag_digest: TTLCache[tuple[str, str, str], str] = TTLCache(tag_ttl)
         self._catalog: TTLCache[str, list[str]] = TTLCache(tag_ttl)
         self._manifests: LRU[str, oci.Manifest] = LRU(manifest_cache)
         self._configs: LRU[str, dict[str, Any]] = LRU(manifest_cache)
@@ -131,27 +133,28 @@ class PackageService:
         return list(await asyncio.gather(*(self._bounded(a) for a in aws)))
 
     def _forget(self, repo: str, tag: str | None = None) -> None:
-        """Drop what our own write made stale."""
-        self._tags.drop(repo)
+        """Drop what our own write made stale, for every identity."""
+        self._tags.drop_where(lambda k: k[1] == repo)
         self._catalog.clear()
         if tag is not None:
-            self._tag_digest.drop((repo, tag))
+            self._tag_digest.drop_where(lambda k: k[1] == repo and k[2] == tag)
 
     async def _tags_of(self, repo: str) -> list[str]:
-        tags = self._tags.get(repo)
+        key = (identity_key(), repo)
+        tags = self._tags.get(key)
         if tags is None:
             try:
                 tags = await self.oci.tags(repo)
             except oci.NotFound:
                 tags = []
-            self._tags.put(repo, tags)
+            self._tags.put(key, tags)
         return tags
 
     async def _manifest(self, repo: str, ref: str, fresh: bool = False) -> oci.Manifest | None:
         """A manifest by tag or digest; by digest it is immutable and kept in the LRU."""
         digest = ref if ref.startswith("sha256:") else None
         if digest is None and not fresh:
-            digest = self._tag_digest.get((repo, ref))
+            digest = self._tag_digest.get((identity_key(), repo, ref))
         if digest is not None:
             cached = self._manifests.get(digest)
             if cached is not None:
@@ -162,7 +165,7 @@ class PackageService:
             return None
         self._manifests.put(m.digest, m)
         if not ref.startswith("sha256:"):
-            self._tag_digest.put((repo, ref), m.digest)
+            self._tag_digest.put((identity_key(), repo, ref), m.digest)
         return m
 
     # -- reading ---------------------------------------------------------------
@@ -331,10 +334,17 @@ class PackageService:
         return await self._gather(self.manifest_object(pkg, e) for e in found)
 
     async def packages(self) -> list[Package]:
-        repos = self._catalog.get("")
+        repos = self._catalog.get(identity_key())
         if repos is None:
-            repos = await self.oci.catalog()
-            self._catalog.put("", repos)
+            try:
+                repos = await self.oci.catalog()
+            except (oci.Denied, oci.NotFound, oci.UnsupportedOperation) as exc:
+                raise errors.Forbidden(
+                    "the registry does not let this identity list its catalog, so packages "
+                    "cannot be listed or searched here; name the package directly",
+                    {"scopes": ["catalog"]},
+                ) from exc
+            self._catalog.put(identity_key(), repos)
         out = []
         for r in repos:
             pkg = mapping.package_from_repository(r, self.prefix)
@@ -343,8 +353,17 @@ class PackageService:
         return out
 
     async def search(self, q: str) -> list[str]:
+        """E6: names matching q that the caller can read."""
         q = q.lower()
-        return sorted(p.full for p in await self.packages() if q in p.full)
+        hits = [p for p in await self.packages() if q in p.full]
+        readable = await self._gather(self._readable(p) for p in hits)
+        return sorted(p.full for p, ok in zip(hits, readable) if ok)
+
+    async def _readable(self, pkg: Package) -> bool:
+        try:
+            return bool(await self._tags_of(self.repo(pkg)))
+        except (oci.Unauthorized, oci.Denied):
+            return False
 
     async def list_packages(
         self, namespace: str | None = None, query: str | None = None, media_type: str | None = None
@@ -359,12 +378,13 @@ class PackageService:
         return [s for s in summaries if s is not None]
 
     async def _summary(self, pkg: Package, media_type: str | None) -> dict[str, Any] | None:
+        """One E5 package object; None when nothing matches or the caller may not read it."""
         try:
             releases = await self._bounded(self.releases(pkg))
-        except errors.PackageNotFound:
+            found = [e for e in await self.all_entries(pkg, releases)
+                     if media_type is None or e.media_type == media_type]
+        except (errors.PackageNotFound, oci.Unauthorized, oci.Denied, oci.NotFound):
             return None
-        found = [e for e in await self.all_entries(pkg, releases)
-                 if media_type is None or e.media_type == media_type]
         if not found:
             return None
         kept = mapping.sort_releases({e.release for e in found})
@@ -659,7 +679,7 @@ class PackageService:
     async def _drop_from_channels(self, pkg: Package, release: str) -> None:
         """A deleted release leaves every channel (called under the package lock)."""
         repo = self.repo(pkg)
-        self._tags.drop(repo)
+        self._forget(repo)
         for tag in await self._tags_of(repo):
             name = mapping.channel_from_tag(tag)
             found = await self._read_channel(repo, name, fresh=True) if name else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,18 @@ class Settings:
     data_dir: str = "./data"
     max_body_size: int = 64 * 1024 * 1024
     log_level: str = "info"
+    # Authentication and TLS (see README "Authentication").
+    token_secret: str | None = None
+    token_ttl: int = 12 * 3600
+    registry_username: str | None = None
+    registry_password: str | None = field(default=None, repr=False)
+    docker_config: str | None = None
+    anonymous_read: bool = False
+    service_write: bool = False
+    tls_insecure: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
     # Not flags (yet): tuning with sensible defaults.
     connect_timeout: float = 5.0
     read_timeout: float = 30.0

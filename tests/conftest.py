@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -40,15 +41,18 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRegis
 
 @pytest.fixture
 def settings(registry: EmbeddedRegistry) -> Settings:
-    return Settings(upstream=registry.url, max_body_size=4 * 1024 * 1024)
+    return Settings(upstream=registry.url, max_body_size=4 * 1024 * 1024, token_secret=TEST_SECRET)
 
 
 CnrClient = Callable[..., Any]
+TEST_SECRET = "test-secret-not-for-production"
 
 
 @pytest.fixture
 async def make_client(aiohttp_client: Any) -> CnrClient:
     async def make(settings: Settings) -> TestClient:
+        if settings.token_secret is None:  # never write a secret into ./data from a test
+            settings = dataclasses.replace(settings, token_secret=TEST_SECRET)
         return await aiohttp_client(create_app(settings))
 
     return make

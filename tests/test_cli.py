@@ -42,7 +42,7 @@ def test_flag_beats_env_beats_default():
 ])
 def test_every_flag_has_an_env_variable(flag, field, value, expected):
     assert getattr(settings([flag, value]), field) == expected
-    assert getattr(settings([], {cli.env_name(field): value}), field) == expected
+    assert getattr(settings([], {cli.env_name(flag): value}), field) == expected
 
 
 @pytest.mark.parametrize("text,size", [("123", 123), ("64MiB", 64 << 20), ("64M", 64 << 20), ("512k", 512 << 10)])
@@ -92,3 +92,37 @@ def test_serve_with_missing_binary_says_how_to_install(tmp_path, monkeypatch):
                            "--data-dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=30)
     assert proc.returncode != 0
     assert "apt-get install -y docker-registry" in proc.stderr
+
+
+def test_serve_with_tls_on_the_listener(tmp_path, registry):
+    import ssl
+
+    from tests.certs import self_signed
+
+    cert, key, _, _ = self_signed(tmp_path / "certs", "listener")
+    port = free_port()
+    env = {**os.environ, "CNR_OCI_TOKEN_SECRET": "x"}
+    proc = subprocess.Popen([sys.executable, "-m", "cnr_oci", "serve", "--port", str(port), "--upstream", registry.url,
+                             "--tls-cert", str(cert), "--tls-key", str(key)], stderr=subprocess.PIPE, env=env)
+    try:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{port}/cnr/version", timeout=1, context=ctx) as r:
+                    assert b"cnr-oci" in r.read()
+                    break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+        proc.stderr.close()
+
+
+def test_switches_take_true_from_the_environment():
+    s = settings([], {"CNR_OCI_ANONYMOUS_READ": "true", "CNR_OCI_CORS_ORIGIN": "https://a, https://b"})
+    assert s.anonymous_read is True and s.service_write is False and s.cors_origins == ("https://a", "https://b")
+    assert settings(["--service-write"]).service_write is True

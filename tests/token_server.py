@@ -1,0 +1,84 @@
+"""A small registry token server (the distribution token spec) for the token-mode tests.
+
+It issues RS256 JWTs with an x5c header, signed by a key whose certificate the registry
+trusts (auth.token.rootcertbundle). ACLs are by repository prefix.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import fnmatch
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import jwt
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+
+SERVICE = "test-registry"
+ISSUER = "test-issuer"
+
+
+@dataclass
+class TokenServer:
+    key: object
+    cert: object
+    users: dict[str, str]
+    acl: dict[str, dict[str, set[str]]]  # user -> repository glob -> actions
+    answer_field: str = "token"
+    lifetime: int = 300
+    requests: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/token", self.token)
+        return app
+
+    def _user(self, request: web.Request) -> str | None:
+        header = request.headers.get("Authorization", "")
+        if not header:
+            return None
+        scheme, _, value = header.partition(" ")
+        user, _, password = base64.b64decode(value).decode().partition(":")
+        if scheme.lower() != "basic" or self.users.get(user) != password:
+            raise web.HTTPUnauthorized()
+        return user
+
+    def _granted(self, user: str | None, scope: str) -> dict[str, object] | None:
+        kind, _, rest = scope.partition(":")
+        name, _, actions = rest.rpartition(":")
+        if kind == "registry" and user is not None:
+            return {"type": kind, "name": name, "actions": ["*"]}
+        allowed: set[str] = set()
+        for pattern, acts in self.acl.get(user or "", {}).items():
+            if fnmatch.fnmatch(name, pattern):
+                allowed |= acts
+        wanted = [a for a in actions.split(",") if a in allowed]
+        return {"type": kind, "name": name, "actions": wanted}
+
+    async def token(self, request: web.Request) -> web.Response:
+        user = self._user(request)
+        scopes = tuple(request.query.getall("scope", []))
+        self.requests.append((user or "", scopes))
+        now = int(time.time())
+        access = [g for s in scopes if (g := self._granted(user, s)) is not None]
+        der = self.cert.public_bytes(serialization.Encoding.DER)  # type: ignore[attr-defined]
+        claims = {"iss": ISSUER, "sub": user or "", "aud": request.query.get("service", SERVICE),
+                  "exp": now + self.lifetime, "nbf": now - 10, "iat": now, "jti": secrets.token_hex(8),
+                  "access": access}
+        token = jwt.encode(claims, self.key, algorithm="RS256",  # type: ignore[arg-type]
+                           headers={"x5c": [base64.b64encode(der).decode()]})
+        return web.json_response({self.answer_field: token, "expires_in": self.lifetime,
+                                  "issued_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+
+
+def token_config(realm: str, rootcert: str) -> str:
+    return f"""auth:
+  token:
+    realm: {realm}
+    service: {SERVICE}
+    issuer: {ISSUER}
+    rootcertbundle: {rootcert}
+"""
