@@ -6,7 +6,7 @@ import asyncio
 import logging
 import ssl
 import uuid
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -16,6 +16,7 @@ from cnr_oci import appkeys, errors, oci
 from cnr_oci.auth import IDENTITY, TokenCodec, load_secret, parse_authorization, service_credentials
 from cnr_oci.embedded import EmbeddedRegistry
 from cnr_oci.oci import OciClient
+from cnr_oci.locks import PackageLocks
 from cnr_oci.service import PackageService
 from cnr_oci.settings import Settings
 
@@ -174,10 +175,34 @@ async def client_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         if creds is not None:
             app[appkeys.SERVICE_CREDENTIALS] = creds
-        app[appkeys.SERVICE] = PackageService(
-            client, settings.repository_prefix, tag_ttl=settings.tag_ttl
+        redis: Any = None
+        if settings.redis_url:
+            from redis.asyncio import from_url
+
+            redis = from_url(settings.redis_url)
+        service = PackageService(
+            client, settings.repository_prefix, tag_ttl=settings.tag_ttl, locks=PackageLocks(redis)
         )
-        yield
+        app[appkeys.SERVICE] = service
+        settler = asyncio.create_task(_settle_forever(service))
+        try:
+            yield
+        finally:
+            settler.cancel()
+            await asyncio.gather(settler, return_exceptions=True)
+            if redis is not None:
+                await redis.aclose()
+
+
+async def _settle_forever(service: PackageService, interval: float = 1.0) -> None:
+    """Roll back in-doubt tag writes once the registry answers again."""
+    while True:
+        await asyncio.sleep(interval)
+        if service.in_doubt:
+            try:
+                await service.settle()
+            except oci.RegistryError:
+                pass  # still down: try again later
 
 
 def create_app(settings: Settings) -> web.Application:

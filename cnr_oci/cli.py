@@ -72,6 +72,7 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--tls-cert", "tls_cert", str, "serve HTTPS with this certificate (PEM)"),
     ("--tls-key", "tls_key", str, "the private key of --tls-cert (PEM)"),
     ("--cors-origin", "cors_origins", _origins, "comma-separated origins allowed by CORS (default none: off)"),
+    ("--redis-url", "redis_url", str, "Redis for package locks shared by several replicas (default none)"),
 ]
 SWITCHES = {"anonymous_read", "service_write", "tls_insecure"}
 

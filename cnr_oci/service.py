@@ -6,14 +6,14 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import weakref
 from dataclasses import dataclass
 from typing import Any, Awaitable, Iterable, TypeVar
 
 from cnr_oci import errors, mapping, oci, schemas
-from cnr_oci.auth import identity_key
+from cnr_oci.auth import IDENTITY, Credentials, identity_key
 from cnr_oci.archive import PushInput, helm_config
 from cnr_oci.cache import LRU, TTLCache
+from cnr_oci.locks import PackageLocks
 from cnr_oci.mapping import Package
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,13 @@ class Contents:
     @property
     def is_index(self) -> bool:
         return self.top is not None and self.top.doc.get("manifests") is not None
+
+
+@dataclass(frozen=True)
+class InDoubt:
+    digest: str  # what the tag points to if the failed write went through
+    previous: oci.Manifest | None  # what it pointed to before
+    identity: Credentials | None
 
 
 def now_iso() -> str:
@@ -100,10 +107,14 @@ class PackageService:
         tag_ttl: float = 2.0,
         manifest_cache: int = 8192,
         fanout: int = 16,
+        locks: PackageLocks | None = None,
     ) -> None:
         self.oci = client
         self.prefix = prefix.strip("/")
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self.locks = locks or PackageLocks()
+        # Tag writes whose outcome is unknown (the registry failed mid-request): rolled back
+        # when the registry is back, because the client was told the write failed.
+        self._in_doubt: dict[tuple[str, str], InDoubt] = {}
         # What a caller may see depends on who it is: these caches are per identity.
         self._tags: TTLCache[tuple[str, str], list[str]] = TTLCache(tag_ttl)
         self._tag_digest: TTLCache[tuple[str, str, str], str] = TTLCache(tag_ttl)
@@ -117,13 +128,6 @@ class PackageService:
 
     def repo(self, pkg: Package) -> str:
         return pkg.repository(self.prefix)
-
-    def _lock(self, repo: str) -> asyncio.Lock:
-        lock = self._locks.get(repo)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[repo] = lock
-        return lock
 
     async def _bounded(self, aw: Awaitable[T]) -> T:
         async with self._fanout:
@@ -172,6 +176,8 @@ class PackageService:
 
     async def releases(self, pkg: Package) -> list[str]:
         """Every semver tag of the package, descending. 404 when there is none."""
+        if self._in_doubt:
+            await self.settle(self.repo(pkg))
         found = [r for t in await self._tags_of(self.repo(pkg)) if (r := mapping.tag_to_release(t))]
         if not found:
             raise errors.PackageNotFound(
@@ -426,7 +432,9 @@ class PackageService:
         """
         repo = self.repo(pkg)
         tag = mapping.release_to_tag(inp.release)
-        async with self._lock(repo):
+        async with self.locks.hold(repo):
+            if self._in_doubt:
+                await self.settle(repo)
             held = await self.contents(repo, inp.release, fresh=True)
             if inp.media_type in held.packages and not inp.force:
                 raise errors.PackageExists(
@@ -464,12 +472,53 @@ class PackageService:
             if m is None:
                 raise errors.UpstreamBadGateway(f"manifest {digest} vanished from {repo}")
             if held.top is None or held.top.digest != m.digest:
-                await self.oci.put_manifest(repo, tag, m.raw, m.media_type or mapping.OCI_MANIFEST)
+                await self._put_tag(repo, tag, m.raw, m.media_type or mapping.OCI_MANIFEST, held.top)
             return
         index: dict[str, Any] = {"schemaVersion": 2, "mediaType": mapping.OCI_INDEX, "manifests": children}
         if held.is_index and held.top is not None and held.top.doc.get("annotations"):
             index["annotations"] = held.top.doc["annotations"]
-        await self.oci.put_manifest(repo, tag, json.dumps(index, separators=(",", ":")).encode(), mapping.OCI_INDEX)
+        await self._put_tag(repo, tag, json.dumps(index, separators=(",", ":")).encode(), mapping.OCI_INDEX, held.top)
+
+    async def _put_tag(self, repo: str, tag: str, raw: bytes, media_type: str, previous: oci.Manifest | None) -> None:
+        """The one write that makes a release visible; if its outcome is unknown, remember it."""
+        try:
+            await self.oci.put_manifest(repo, tag, raw, media_type)
+        except (oci.RegistryUnavailable, oci.InvalidResponse):
+            self._in_doubt[(repo, tag)] = InDoubt(oci.sha256(raw), previous, IDENTITY.get())
+            raise
+
+    @property
+    def in_doubt(self) -> int:
+        return len(self._in_doubt)
+
+    async def settle(self, repo: str | None = None) -> None:
+        """Roll back tag writes that failed with an unknown outcome (all, or one repository's).
+
+        The client was told the write failed, so if it went through after all, the tag is
+        put back as it was. Raises RegistryUnavailable while the registry is still down.
+        """
+        for key in [k for k in self._in_doubt if repo is None or k[0] == repo]:
+            d = self._in_doubt.get(key)
+            if d is None:
+                continue
+            token = IDENTITY.set(d.identity)
+            try:
+                current = await self.oci.head_manifest(*key)
+                if current == d.digest:
+                    if d.previous is None:
+                        await self.oci.delete_manifest(key[0], d.digest)
+                    else:
+                        await self.oci.put_manifest(*key, d.previous.raw, d.previous.media_type or mapping.OCI_MANIFEST)
+                    log.warning("rolled back a tag write that failed with an unknown outcome: %s:%s", *key)
+                self._in_doubt.pop(key, None)
+            except oci.RegistryUnavailable:
+                raise
+            except oci.RegistryError as exc:
+                log.error("cannot roll back %s:%s (%s); it stays as the registry has it", *key, exc)
+                self._in_doubt.pop(key, None)
+            finally:
+                IDENTITY.reset(token)
+                self._forget(*key)
 
     def _mount_source(self, digest: str, repo: str) -> str | None:
         home = self._blob_home.get(digest)
@@ -529,7 +578,7 @@ class PackageService:
         mapping.check_release(release)
         repo = self.repo(pkg)
         tag = mapping.release_to_tag(release)
-        async with self._lock(repo):
+        async with self.locks.hold(repo):
             held = await self.contents(repo, release, fresh=True)
             chosen = [mt for mt in held.packages if media_type in ("-", mt)]
             if not chosen:
@@ -622,7 +671,7 @@ class PackageService:
         mapping.check_channel(name)
         mapping.check_release(release)
         repo = self.repo(pkg)
-        async with self._lock(repo):
+        async with self.locks.hold(repo):
             if release not in await self.releases(pkg) or not await self.entries(pkg, release, fresh=True):
                 raise errors.ReleaseNotFound(
                     f"{pkg.full} has no release {release}", {"package": pkg.full, "release_query": release}
@@ -639,7 +688,7 @@ class PackageService:
         mapping.check_channel(name)
         mapping.check_release(release)
         repo = self.repo(pkg)
-        async with self._lock(repo):
+        async with self.locks.hold(repo):
             found = await self._existing_channel(pkg, name, fresh=True)
             if release not in found[0]["releases"]:
                 raise errors.ReleaseNotFound(
@@ -671,7 +720,7 @@ class PackageService:
         """E18."""
         mapping.check_channel(name)
         repo = self.repo(pkg)
-        async with self._lock(repo):
+        async with self.locks.hold(repo):
             found = await self._existing_channel(pkg, name, fresh=True)
             await self._delete_channel_manifest(pkg, name, found[1])
         return {"channel": name, "package": pkg.full, "action": "delete"}

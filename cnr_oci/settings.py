@@ -27,6 +27,7 @@ class Settings:
     tls_cert: str | None = None
     tls_key: str | None = None
     cors_origins: tuple[str, ...] = ()
+    redis_url: str | None = None
     # Not flags (yet): tuning with sensible defaults.
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
