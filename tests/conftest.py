@@ -6,7 +6,7 @@ import dataclasses
 import os
 import shutil
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -35,6 +35,14 @@ def start_registry(root: Path, **kwargs: Any) -> EmbeddedRegistry:
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRegistry]:
     reg = start_registry(tmp_path_factory.mktemp("registry"))
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+def own_registry(tmp_path: Path) -> Iterator[EmbeddedRegistry]:
+    """A registry of the test's own, for tests that stop or kill it."""
+    reg = start_registry(tmp_path)
     yield reg
     reg.stop()
 

@@ -14,7 +14,6 @@ import pytest
 from cnr_oci import appkeys, auth, errors
 from cnr_oci.embedded import free_port
 from cnr_oci.settings import Settings
-from tests import helpers
 from tests.certs import self_signed
 from tests.conftest import TEST_SECRET, start_registry
 from tests.helpers import body, kpm, unique

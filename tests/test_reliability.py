@@ -12,7 +12,6 @@ import pytest
 
 from cnr_oci.settings import Settings
 from tests import helpers
-from tests.conftest import start_registry
 from tests.fake_upstream import make_proxy
 from tests.helpers import body, kpm, unique
 
@@ -65,13 +64,6 @@ async def test_concurrent_pushes_of_one_release_have_one_winner(client, registry
     assert statuses.count(200) == 1 and statuses.count(409) == 19
     winner = blobs[statuses.index(200)]
     assert await (await client.get(f"{API}/{repo}/1.0.0/kpm/pull")).read() == winner
-
-
-@pytest.fixture
-def own_registry(tmp_path):
-    reg = start_registry(tmp_path)
-    yield reg
-    reg.stop()
 
 
 async def test_registry_down_gives_503_then_recovers_without_restart(make_client, own_registry):

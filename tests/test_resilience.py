@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from cnr_oci import appkeys
 from cnr_oci.embedded import free_port
 from cnr_oci.settings import Settings
 from tests import helpers
-from tests.conftest import TEST_SECRET, require_binary, start_registry
+from tests.conftest import TEST_SECRET, require_binary
 from tests.fake_upstream import make_proxy
 from tests.helpers import body, kpm, unique
 
@@ -72,13 +71,6 @@ async def test_a_tag_write_whose_answer_was_lost_is_rolled_back(aiohttp_server, 
     assert (await client.get(f"{API}/{repo}/1.0.0/kpm")).status == 404
     assert helpers.tags(registry.url, repo) == []
     assert client.app[appkeys.SERVICE].in_doubt == 0
-
-
-@pytest.fixture
-def own_registry(tmp_path):
-    reg = start_registry(tmp_path)
-    yield reg
-    reg.stop()
 
 
 async def test_registry_killed_during_100_concurrent_pushes(make_client, own_registry):
