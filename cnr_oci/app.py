@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -17,6 +18,7 @@ from cnr_oci.auth import IDENTITY, TokenCodec, load_secret, parse_authorization,
 from cnr_oci.embedded import EmbeddedRegistry
 from cnr_oci.oci import OciClient
 from cnr_oci.locks import PackageLocks
+from cnr_oci.metrics import Metrics
 from cnr_oci.service import PackageService
 from cnr_oci.settings import Settings
 
@@ -83,6 +85,22 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.exception("unexpected error, request id %s, on %s %s", request_id, request.method, request.path)
         return errors.render(errors.InternalError(f"internal error (request id {request_id})",
                                                   {"request_id": request_id}))
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Latency by route template, never by raw path (bounded label values)."""
+    start = time.perf_counter()
+    status = 500
+    try:
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    finally:
+        info = request.match_info.route.resource
+        route = info.canonical if info is not None else "unmatched"
+        request.app[appkeys.METRICS].requests.labels(request.method, route, str(status)).observe(
+            time.perf_counter() - start)
 
 
 @web.middleware
@@ -167,7 +185,7 @@ async def client_ctx(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=100, ssl=_ssl_context(settings))
     async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False) as session:
         app[appkeys.SESSION] = session
-        client = OciClient(session, app[appkeys.UPSTREAM])
+        client = OciClient(session, app[appkeys.UPSTREAM], metrics=app[appkeys.METRICS])
         app[appkeys.OCI] = client
         creds = await asyncio.to_thread(
             service_credentials, settings.registry_username, settings.registry_password,
@@ -181,7 +199,7 @@ async def client_ctx(app: web.Application) -> AsyncIterator[None]:
 
             redis = from_url(settings.redis_url)
         service = PackageService(
-            client, settings.repository_prefix, tag_ttl=settings.tag_ttl, locks=PackageLocks(redis)
+            client, settings.repository_prefix, cache_ttl=settings.cache_ttl, locks=PackageLocks(redis)
         )
         app[appkeys.SERVICE] = service
         settler = asyncio.create_task(_settle_forever(service))
@@ -212,9 +230,10 @@ def create_app(settings: Settings) -> web.Application:
     middlewares: list[Middleware] = []
     if settings.cors_origins:
         middlewares.append(cors_middleware(settings.cors_origins))
-    middlewares += [error_middleware, auth_middleware]
+    middlewares += [metrics_middleware, error_middleware, auth_middleware]
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_size)
     app[appkeys.SETTINGS] = settings
+    app[appkeys.METRICS] = Metrics()
     app[appkeys.TOKENS] = TokenCodec(load_secret(settings.token_secret, settings.data_dir), settings.token_ttl)
     app.cleanup_ctx.append(registry_ctx)
     app.cleanup_ctx.append(client_ctx)

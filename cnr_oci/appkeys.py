@@ -7,6 +7,7 @@ from aiohttp import web
 
 from cnr_oci.auth import Credentials, TokenCodec
 from cnr_oci.embedded import EmbeddedRegistry
+from cnr_oci.metrics import Metrics
 from cnr_oci.oci import OciClient
 from cnr_oci.service import PackageService
 from cnr_oci.settings import Settings
@@ -19,3 +20,4 @@ OCI = web.AppKey("oci", OciClient)
 SERVICE = web.AppKey("service", PackageService)
 TOKENS = web.AppKey("tokens", TokenCodec)
 SERVICE_CREDENTIALS = web.AppKey("service_credentials", Credentials)
+METRICS = web.AppKey("metrics", Metrics)

@@ -56,6 +56,11 @@ class TTLCache(Generic[K, V]):
         while len(self._data) > self.maxsize:
             self._data.popitem(last=False)
 
+    def fresh(self, key: K) -> bool:
+        """Whether key holds a live entry (whose value may itself be None)."""
+        item = self._data.get(key)
+        return item is not None and item[0] >= self._clock()
+
     def drop(self, key: K) -> None:
         self._data.pop(key, None)
 

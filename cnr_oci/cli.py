@@ -73,6 +73,7 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--tls-key", "tls_key", str, "the private key of --tls-cert (PEM)"),
     ("--cors-origin", "cors_origins", _origins, "comma-separated origins allowed by CORS (default none: off)"),
     ("--redis-url", "redis_url", str, "Redis for package locks shared by several replicas (default none)"),
+    ("--cache-ttl", "cache_ttl", float, "seconds tag lists, the catalog and listings are cached (default 5)"),
 ]
 SWITCHES = {"anonymous_read", "service_write", "tls_insecure"}
 

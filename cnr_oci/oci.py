@@ -16,6 +16,7 @@ from yarl import URL
 from cnr_oci.auth import IDENTITY, Credentials
 from cnr_oci.challenge import Authenticator, Challenge, TokenRefused, TokenUnavailable, parse_challenge, scope_for
 from cnr_oci.mapping import MANIFEST_ACCEPT
+from cnr_oci.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ class OciClient:
         retries: int = 3,
         backoff: float = 0.2,
         backoff_cap: float = 2.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._session = session
         self.base = URL(base_url.rstrip("/"))
@@ -168,6 +170,7 @@ class OciClient:
         self._backoff = backoff
         self._backoff_cap = backoff_cap
         self.auth = Authenticator(session)
+        self.metrics = metrics or Metrics()
 
     def _url(self, path: str) -> URL:
         # encoded=True: repository names and digests are already URL-safe.
@@ -222,7 +225,9 @@ class OciClient:
     ) -> aiohttp.ClientResponse:
         """Send as the request's identity; answer one 401 challenge, then give up."""
         if not authenticate:
-            return await self._session.request(method, url, headers=headers, params=params, data=data)
+            resp = await self._session.request(method, url, headers=headers, params=params, data=data)
+            self.metrics.upstream.labels(method, str(resp.status)).inc()
+            return resp
         ident = IDENTITY.get()
         scope = scope_for(method, url.path)
         for attempt in range(2):
@@ -232,6 +237,7 @@ class OciClient:
                 sent["Authorization"] = auth
             body: Any = io.BytesIO(data) if data is not None and len(data) > STREAM_BODY else data
             resp = await self._session.request(method, url, headers=sent, params=params, data=body)
+            self.metrics.upstream.labels(method, str(resp.status)).inc()
             if resp.status != 401:
                 return resp
             challenge = resp.headers.get("WWW-Authenticate")

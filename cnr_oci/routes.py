@@ -71,6 +71,11 @@ async def healthz(request: web.Request) -> web.Response:
     return _json({"status": "ok"})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[appkeys.METRICS].render(),
+                        content_type="text/plain", charset="utf-8")
+
+
 async def readyz(request: web.Request) -> web.Response:
     try:
         await request.app[appkeys.OCI].ping()
@@ -315,6 +320,7 @@ def setup_routes(app: web.Application) -> None:
     """Every route under /cnr and bare, with and without a trailing slash."""
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
     app.router.add_get("/cnr", index)
     app.router.add_get("/cnr/", index)

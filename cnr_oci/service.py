@@ -104,7 +104,7 @@ class PackageService:
         client: oci.OciClient,
         prefix: str = "",
         *,
-        tag_ttl: float = 2.0,
+        cache_ttl: float = 2.0,
         manifest_cache: int = 8192,
         fanout: int = 16,
         locks: PackageLocks | None = None,
@@ -116,9 +116,10 @@ class PackageService:
         # when the registry is back, because the client was told the write failed.
         self._in_doubt: dict[tuple[str, str], InDoubt] = {}
         # What a caller may see depends on who it is: these caches are per identity.
-        self._tags: TTLCache[tuple[str, str], list[str]] = TTLCache(tag_ttl)
-        self._tag_digest: TTLCache[tuple[str, str, str], str] = TTLCache(tag_ttl)
-        self._catalog: TTLCache[str, list[str]] = TTLCache(tag_ttl)
+        self._tags: TTLCache[tuple[str, str], list[str]] = TTLCache(cache_ttl)
+        self._tag_digest: TTLCache[tuple[str, str, str], str] = TTLCache(cache_ttl)
+        self._catalog: TTLCache[str, list[str]] = TTLCache(cache_ttl)
+        self._summaries: TTLCache[tuple[str, str, str], dict[str, Any] | None] = TTLCache(cache_ttl)
         self._manifests: LRU[str, oci.Manifest] = LRU(manifest_cache)
         self._configs: LRU[str, dict[str, Any]] = LRU(manifest_cache)
         self._blob_home: LRU[str, str] = LRU(manifest_cache)
@@ -139,6 +140,7 @@ class PackageService:
     def _forget(self, repo: str, tag: str | None = None) -> None:
         """Drop what our own write made stale, for every identity."""
         self._tags.drop_where(lambda k: k[1] == repo)
+        self._summaries.drop_where(lambda k: k[1] == repo)
         self._catalog.clear()
         if tag is not None:
             self._tag_digest.drop_where(lambda k: k[1] == repo and k[2] == tag)
@@ -384,6 +386,16 @@ class PackageService:
         return [s for s in summaries if s is not None]
 
     async def _summary(self, pkg: Package, media_type: str | None) -> dict[str, Any] | None:
+        """One E5 package object, cached for the cache TTL, so a warm listing asks the
+        registry nothing per package."""
+        key = (identity_key(), self.repo(pkg), media_type or "")
+        if self._summaries.fresh(key):
+            return self._summaries.get(key)
+        summary = await self._compute_summary(pkg, media_type)
+        self._summaries.put(key, summary)
+        return summary
+
+    async def _compute_summary(self, pkg: Package, media_type: str | None) -> dict[str, Any] | None:
         """One E5 package object; None when nothing matches or the caller may not read it."""
         try:
             releases = await self._bounded(self.releases(pkg))

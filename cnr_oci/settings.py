@@ -31,5 +31,5 @@ class Settings:
     # Not flags (yet): tuning with sensible defaults.
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
-    tag_ttl: float = 2.0
+    cache_ttl: float = 5.0
     registry_binary: str = "docker-registry"

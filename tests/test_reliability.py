@@ -67,7 +67,7 @@ async def test_concurrent_pushes_of_one_release_have_one_winner(client, registry
 
 
 async def test_registry_down_gives_503_then_recovers_without_restart(make_client, own_registry):
-    client = await make_client(Settings(upstream=own_registry.url, connect_timeout=1, tag_ttl=0))
+    client = await make_client(Settings(upstream=own_registry.url, connect_timeout=1, cache_ttl=0))
     repo = "/".join(unique())
     blob = kpm()
     assert (await client.post(f"{API}/{repo}", json=body(blob))).status == 200

@@ -74,7 +74,7 @@ async def test_a_tag_write_whose_answer_was_lost_is_rolled_back(aiohttp_server, 
 
 
 async def test_registry_killed_during_100_concurrent_pushes(make_client, own_registry):
-    client = await make_client(Settings(upstream=own_registry.url, connect_timeout=1, tag_ttl=0))
+    client = await make_client(Settings(upstream=own_registry.url, connect_timeout=1, cache_ttl=0))
     ns = unique()[0]
     blobs = {f"{ns}/p{i}": kpm(extra=os.urandom(16 * 1024)) for i in range(100)}
     done = 0

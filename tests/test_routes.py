@@ -288,3 +288,22 @@ async def test_tags_that_are_not_releases_never_appear(client, pkg, registry):
     assert helpers.tags(registry.url, pkg) == ["1.0.0", "latest"]
     data = await (await client.get(f"{API}/{pkg}")).json()
     assert [m["release"] for m in data] == ["1.0.0"]
+
+
+def upstream_requests(metrics_text: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text.splitlines()
+               if line.startswith("cnr_oci_upstream_requests_total{"))
+
+
+async def test_metrics_and_a_warm_listing_asks_the_registry_nothing_per_package(client):
+    ns = unique()[0]
+    for i in range(5):
+        await push(client, f"{ns}/p{i}", kpm())
+    assert len(await (await client.get(API, params={"namespace": ns})).json()) == 5
+    before = upstream_requests(await (await client.get("/metrics")).text())
+    assert before > 0
+    assert len(await (await client.get(API, params={"namespace": ns})).json()) == 5
+    after = upstream_requests(await (await client.get("/metrics")).text())
+    assert after == before
+    text = await (await client.get("/metrics")).text()
+    assert 'route="/cnr/api/v1/packages"' in text
