@@ -25,6 +25,7 @@ from cnr_oci.settings import Settings
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STREAMING = web.RequestKey("streaming", bool)
+READ_BUFSIZE = 4 * 1024 * 1024
 
 # Registry errors become CNR errors here, and only here.
 _REGISTRY_TO_CNR: list[tuple[type[oci.RegistryError], type[errors.CnrError]]] = [
@@ -183,7 +184,9 @@ async def client_ctx(app: web.Application) -> AsyncIterator[None]:
         total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout
     )
     connector = aiohttp.TCPConnector(limit=100, ssl=_ssl_context(settings))
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False) as session:
+    # A deep read buffer keeps the upstream flowing while a chunk is written downstream.
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False,
+                                     read_bufsize=READ_BUFSIZE) as session:
         app[appkeys.SESSION] = session
         client = OciClient(session, app[appkeys.UPSTREAM], metrics=app[appkeys.METRICS])
         app[appkeys.OCI] = client

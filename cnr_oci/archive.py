@@ -18,6 +18,8 @@ from cnr_oci import errors, mapping, schemas
 
 # A gzip bomb guard: the tar inside a push may not expand beyond this.
 MAX_EXPANDED = 1024 * 1024 * 1024
+# libyaml's loader when PyYAML was built with it (several times faster), else the pure one.
+_YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _TRUE = {"true", "1", "True"}
 
 
@@ -125,7 +127,7 @@ def inspect_tarball(data: bytes, media_type: str, package: mapping.Package) -> d
     if chart_yaml is None:
         raise errors.InvalidUsage("helm chart has no <chart>/Chart.yaml", {"field": "blob"})
     try:
-        chart = yaml.safe_load(chart_yaml)
+        chart = yaml.load(chart_yaml, Loader=_YamlLoader)
     except yaml.YAMLError as exc:
         raise errors.InvalidUsage(f"Chart.yaml is not valid YAML: {exc}", {"field": "blob"}) from exc
     if not isinstance(chart, dict) or not chart.get("name"):

@@ -19,7 +19,7 @@ from cnr_oci.service import PackageService
 
 APPR_API_VERSION = "0.7.4"
 CNR_API_VERSION = "0.2.0"
-JSON_CHUNK = mapping.b64_chunk_size(192 * 1024)
+JSON_CHUNK = mapping.b64_chunk_size(1024 * 1024)
 
 
 def _service(request: web.Request) -> PackageService:

@@ -444,6 +444,14 @@ class PackageService:
         """
         repo = self.repo(pkg)
         tag = mapping.release_to_tag(inp.release)
+        config, raw = self.build_documents(pkg, inp, now_iso())
+        # Blobs are content-addressed and invisible until a tag refers to them: upload both,
+        # side by side, before taking the lock, which only guards the tag decision.
+        await asyncio.gather(
+            self.oci.upload_blob(repo, inp.digest, inp.blob, self._mount_source(inp.digest, repo)),
+            self.oci.upload_blob(repo, oci.sha256(config), config),
+        )
+        self._blob_home.put(inp.digest, repo)
         async with self.locks.hold(repo):
             if self._in_doubt:
                 await self.settle(repo)
@@ -454,10 +462,6 @@ class PackageService:
                     "push with force to overwrite",
                     {"package": pkg.full, "release": inp.release, "media_type": inp.media_type},
                 )
-            config, raw = self.build_documents(pkg, inp, now_iso())
-            await self.oci.upload_blob(repo, inp.digest, inp.blob, self._mount_source(inp.digest, repo))
-            self._blob_home.put(inp.digest, repo)
-            await self.oci.upload_blob(repo, oci.sha256(config), config)
             new = oci.Manifest(oci.sha256(raw), mapping.OCI_MANIFEST, raw, json.loads(raw))
             replaced = held.packages.get(inp.media_type, ({}, None))[0].get("digest")
             children = [c for c in held.children if c["digest"] != replaced]

@@ -1,0 +1,374 @@
+#!/usr/bin/env python3
+"""cnr-oci benchmark: a real docker-registry and a cnr-oci process, side by side.
+
+Every operation is also done directly against the registry in the same run, as the
+physical reference (tag list + manifest GET + blob GET for a pull; blob GET for a blob;
+blob uploads + manifest PUT for a push). Loopback only; bounded in count and time.
+
+    python bench/run.py            # or: make bench
+    python bench/run.py --quick    # smaller counts, for a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import gzip
+import hashlib
+import io
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import aiohttp
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cnr_oci.embedded import EmbeddedRegistry, free_port  # noqa: E402
+
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+ACCEPT = MANIFEST + ", application/vnd.oci.image.index.v1+json"
+MiB = 1024 * 1024
+
+
+# -- measuring -------------------------------------------------------------------------
+
+
+class RssSampler:
+    """Samples a process's RSS every 5 ms in a thread; reports the peak of a window."""
+
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.005)
+
+    def window(self) -> int:
+        """Start a window: returns the RSS now and resets the peak."""
+        now = self.proc.memory_info().rss
+        self.peak = now
+        return now
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))] if s else float("nan")
+
+
+async def run_load(n: int, concurrency: int, op: Callable[[int], Awaitable[int]]) -> dict[str, Any]:
+    """n calls of op with `concurrency` workers; op returns bytes moved."""
+    latencies: list[float] = []
+    errors = 0
+    moved = 0
+    counter = iter(range(n))
+
+    async def worker() -> None:
+        nonlocal errors, moved
+        for i in counter:
+            t = time.perf_counter()
+            try:
+                moved += await op(i)
+            except Exception:  # counted, and reported
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - t)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - start
+    return {
+        "n": n, "concurrency": concurrency, "errors": errors, "seconds": round(wall, 3),
+        "ops_per_s": round(len(latencies) / wall, 1),
+        "p50_ms": round(pct(latencies, 50) * 1000, 2), "p99_ms": round(pct(latencies, 99) * 1000, 2),
+        "MB_per_s": round(moved / wall / 1e6, 1),
+    }
+
+
+# -- content ---------------------------------------------------------------------------
+
+
+def chart(name: str, payload: int = 0) -> bytes:
+    files = {f"{name}/Chart.yaml": f"apiVersion: v2\nname: {name}\nversion: 0.1.0\n".encode(),
+             f"{name}/values.yaml": b"replicas: 1\n"}
+    if payload:
+        files[f"{name}/files/data.bin"] = os.urandom(payload)  # incompressible: the .tgz is ~payload
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for path, data in files.items():
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class Direct:
+    """The registry itself, through the same kind of client."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self.s = session
+        self.url = url
+
+    async def put_blob(self, repo: str, data: bytes) -> str:
+        digest = sha(data)
+        async with self.s.head(f"{self.url}/v2/{repo}/blobs/{digest}") as r:
+            if r.status == 200:
+                return digest
+        async with self.s.post(f"{self.url}/v2/{repo}/blobs/uploads/") as r:
+            loc = r.headers["Location"]
+        sep = "&" if "?" in loc else "?"
+        async with self.s.put(f"{loc}{sep}digest={digest}", data=io.BytesIO(data),
+                              headers={"Content-Type": "application/octet-stream"}) as r:
+            assert r.status == 201, r.status
+        return digest
+
+    async def push(self, repo: str, tag: str, blob: bytes, config: bytes) -> int:
+        layer = await self.put_blob(repo, blob)
+        cfg = await self.put_blob(repo, config)
+        doc = {"schemaVersion": 2, "mediaType": MANIFEST,
+               "config": {"mediaType": "application/vnd.cncf.helm.config.v1+json", "digest": cfg, "size": len(config)},
+               "layers": [{"mediaType": "application/vnd.cncf.helm.chart.content.v1.tar+gzip", "digest": layer,
+                           "size": len(blob)}]}
+        async with self.s.put(f"{self.url}/v2/{repo}/manifests/{tag}", data=json.dumps(doc).encode(),
+                              headers={"Content-Type": MANIFEST}) as r:
+            assert r.status == 201, r.status
+        return len(blob)
+
+    async def pull(self, repo: str, tag: str) -> int:
+        async with self.s.get(f"{self.url}/v2/{repo}/tags/list") as r:
+            assert tag in (await r.json())["tags"]
+        async with self.s.get(f"{self.url}/v2/{repo}/manifests/{tag}", headers={"Accept": ACCEPT}) as r:
+            doc = await r.json(content_type=None)
+        return await self.blob(repo, doc["layers"][0]["digest"])
+
+    async def blob(self, repo: str, digest: str) -> int:
+        n = 0
+        async with self.s.get(f"{self.url}/v2/{repo}/blobs/{digest}") as r:
+            assert r.status == 200, r.status
+            async for chunk in r.content.iter_chunked(MiB):
+                n += len(chunk)
+        return n
+
+
+class Cnr:
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self.s = session
+        self.api = url + "/cnr/api/v1/packages"
+
+    async def push(self, repo: str, release: str, blob: bytes, media_type: str = "helm") -> int:
+        body = json.dumps({"release": release, "media_type": media_type, "blob": base64.b64encode(blob).decode()})
+        async with self.s.post(f"{self.api}/{repo}", data=io.BytesIO(body.encode()),
+                               headers={"Content-Type": "application/json"}) as r:
+            assert r.status == 200, (r.status, await r.text())
+        return len(blob)
+
+    async def get(self, path: str) -> int:
+        n = 0
+        async with self.s.get(self.api + path) as r:
+            assert r.status == 200, r.status
+            async for chunk in r.content.iter_chunked(MiB):
+                n += len(chunk)
+        return n
+
+    async def upstream_requests(self, base: str) -> float:
+        async with self.s.get(base + "/metrics") as r:
+            text = await r.text()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("cnr_oci_upstream_requests_total{"))
+
+
+# -- the run ---------------------------------------------------------------------------
+
+
+async def bench(args: argparse.Namespace, registry: EmbeddedRegistry, cnr_url: str, pid: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    rss = RssSampler(pid)
+    connector = aiohttp.TCPConnector(limit=200)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as s:
+        direct, cnr = Direct(s, registry.url), Cnr(s, cnr_url)
+        rss_start = rss.window()
+
+        # E5 list over many packages, cold (first call after start) then warm.
+        small = chart("p")
+        config = json.dumps({"name": "p", "version": "0.1.0", "apiVersion": "v2"}).encode()
+        await run_load(args.packages, 16, lambda i: direct.push(f"listns/p{i:04d}", "1.0.0", small, config))
+        t = time.perf_counter()
+        got = await cnr.get("")
+        cold = time.perf_counter() - t
+        before = await cnr.upstream_requests(cnr_url)
+        warm = []
+        for _ in range(5):
+            t = time.perf_counter()
+            await cnr.get("")
+            warm.append(time.perf_counter() - t)
+        upstream_warm = await cnr.upstream_requests(cnr_url) - before - 0
+        results["E5 list"] = {"packages": args.packages, "cold_ms": round(cold * 1000, 1),
+                              "warm_p50_ms": round(pct(warm, 50) * 1000, 1), "body_bytes": got,
+                              "upstream_requests_during_5_warm_lists": upstream_warm}
+
+        # E12 pull / E13 blob / E10 show of a small chart, C concurrent clients.
+        tgz = chart("app")
+        await cnr.push("small/app", "1.0.0", tgz)
+        hexd = sha(tgz).removeprefix("sha256:")
+        c, n = args.concurrency, args.requests
+        results["direct pull (tags+manifest+blob)"] = await run_load(n, c, lambda i: direct.pull("small/app", "1.0.0"))
+        results["E12 pull"] = await run_load(n, c, lambda i: cnr.get("/small/app/1.0.0/helm/pull"))
+        results["direct blob"] = await run_load(n, c, lambda i: direct.blob("small/app", "sha256:" + hexd))
+        results["E13 blob"] = await run_load(n, c, lambda i: cnr.get(f"/small/app/blobs/sha256/{hexd}"))
+        results["E10 show"] = await run_load(n, c, lambda i: cnr.get("/small/app/1.0.0/helm"))
+
+        # Pushes of 1 MiB charts, distinct bytes each, 4 at a time.
+        blobs = [chart("app", MiB) for _ in range(args.pushes)]
+        cfg = json.dumps({"name": "app", "version": "0.1.0", "apiVersion": "v2"}).encode()
+        results["direct push 1 MiB"] = await run_load(
+            args.pushes, 4, lambda i: direct.push(f"pushd/app{i}", "1.0.0", blobs[i], cfg))
+        blobs = [chart("app", MiB) for _ in range(args.pushes)]
+        results["E7 push 1 MiB"] = await run_load(args.pushes, 4, lambda i: cnr.push(f"pushc{i}/app", "1.0.0", blobs[i]))
+
+        # Blob-size sweep: one client, E13 raw against a direct blob GET.
+        sweep = {}
+        for size, reps in args.sweep:
+            data = os.urandom(size)
+            digest = await direct.put_blob("sweep/blobs", data)
+            del data
+            d = await run_load(reps, 1, lambda i: direct.blob("sweep/blobs", digest))
+            base = rss.window()
+            e = await run_load(reps, 1, lambda i: cnr.get(f"/sweep/blobs/blobs/sha256/{digest.removeprefix('sha256:')}"))
+            growth = rss.peak - base
+            sweep[f"{size // 1024} KiB" if size < MiB else f"{size // MiB} MiB"] = {
+                "reps": reps, "direct_MB_per_s": d["MB_per_s"], "cnr_MB_per_s": e["MB_per_s"],
+                "ratio": round(e["MB_per_s"] / d["MB_per_s"], 2) if d["MB_per_s"] else None,
+                "cnr_rss_growth_MiB": round(growth / MiB, 1), "errors": d["errors"] + e["errors"]}
+        results["E13 blob-size sweep"] = sweep
+        results["cnr-oci peak RSS MiB"] = round(max(rss.peak, rss_start) / MiB, 1)
+    rss.close()
+    return results
+
+
+def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    sweep = r["E13 blob-size sweep"]
+    big = sweep.get("200 MiB") or list(sweep.values())[-1]
+    mid = sweep.get("50 MiB") or list(sweep.values())[-1]
+    pull_ratio = r["E12 pull"]["p50_ms"] / r["direct pull (tags+manifest+blob)"]["p50_ms"]
+    push_ratio = r["E7 push 1 MiB"]["ops_per_s"] / r["direct push 1 MiB"]["ops_per_s"]
+    lst = r["E5 list"]
+    return [
+        ("E13 blob of 50 MiB vs direct MB/s", ">= 0.8x", f"{mid['ratio']}x ({mid['cnr_MB_per_s']} vs {mid['direct_MB_per_s']} MB/s)", (mid["ratio"] or 0) >= 0.8),
+        ("RSS growth streaming 200 MiB", "< 30 MiB", f"{big['cnr_rss_growth_MiB']} MiB", big["cnr_rss_growth_MiB"] < 30),
+        ("E12 pull p50, C=32, vs direct sequence", "<= 1.5x, 0 errors",
+         f"{pull_ratio:.2f}x ({r['E12 pull']['p50_ms']} vs {r['direct pull (tags+manifest+blob)']['p50_ms']} ms), {r['E12 pull']['errors']} errors",
+         pull_ratio <= 1.5 and r["E12 pull"]["errors"] == 0),
+        (f"E5 list, {lst['packages']} packages, warm", "<= 100 ms, no per-package upstream request",
+         f"{lst['warm_p50_ms']} ms, {lst['upstream_requests_during_5_warm_lists']:.0f} upstream requests in 5 warm lists",
+         lst["warm_p50_ms"] <= 100 and lst["upstream_requests_during_5_warm_lists"] < 5 * 2),
+        (f"E5 list, {lst['packages']} packages, cold", "<= 3 s", f"{lst['cold_ms'] / 1000:.2f} s", lst["cold_ms"] <= 3000),
+        ("push 1 MiB charts vs direct ops/s", ">= 0.7x", f"{push_ratio:.2f}x ({r['E7 push 1 MiB']['ops_per_s']} vs {r['direct push 1 MiB']['ops_per_s']} ops/s)", push_ratio >= 0.7),
+    ]
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = psutil.virtual_memory().total / 2**30
+    return f"{os.cpu_count()} cores, {cpu}, {mem:.0f} GiB, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
+    parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "latest.json"))
+    args = parser.parse_args()
+    args.packages = 100 if args.quick else 1000
+    args.requests = 200 if args.quick else 2000
+    args.concurrency = 32
+    args.pushes = 8 if args.quick else 40
+    args.sweep = [(1024, 50), (MiB, 10), (50 * MiB, 2), (200 * MiB, 1)] if args.quick else \
+        [(1024, 300), (MiB, 50), (50 * MiB, 6), (200 * MiB, 3)]
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+    with tempfile.TemporaryDirectory(prefix="cnr-oci-bench-") as tmp:
+        registry = EmbeddedRegistry(Path(tmp) / "registry", log_path=str(Path(tmp) / "registry.log"))
+        registry.start()
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "cnr_oci", "serve", "--port", str(port), "--upstream", registry.url,
+             "--log-level", "warning", "--token-secret", "bench", "--max-body-size", "16MiB"],
+            cwd=str(Path(__file__).resolve().parent.parent))
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(200):
+                try:
+                    psutil.net_connections  # noqa: B018
+                    import urllib.request
+                    urllib.request.urlopen(url + "/healthz", timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            results = asyncio.run(bench(args, registry, url, server.pid))
+        finally:
+            server.terminate()
+            server.wait(30)
+            registry.stop()
+
+    print(f"# cnr-oci benchmark\n\ncommand: {command}\nmachine: {machine()}\n")
+    rows = [["operation", "n", "C", "ops/s", "p50 ms", "p99 ms", "MB/s", "errors"]]
+    for name, r in results.items():
+        if isinstance(r, dict) and "ops_per_s" in r:
+            rows.append([name, r["n"], r["concurrency"], r["ops_per_s"], r["p50_ms"], r["p99_ms"], r["MB_per_s"], r["errors"]])
+    print(table(rows) + "\n")
+    lst = results["E5 list"]
+    print(f"E5 list of {lst['packages']} packages: cold {lst['cold_ms']} ms, warm p50 {lst['warm_p50_ms']} ms, "
+          f"{lst['upstream_requests_during_5_warm_lists']:.0f} upstream requests during 5 warm lists\n")
+    rows = [["blob size", "reps", "direct MB/s", "cnr-oci MB/s", "ratio", "cnr-oci RSS growth MiB"]]
+    for size, r in results["E13 blob-size sweep"].items():
+        rows.append([size, r["reps"], r["direct_MB_per_s"], r["cnr_MB_per_s"], r["ratio"], r["cnr_rss_growth_MiB"]])
+    print(table(rows) + "\n")
+    print(f"cnr-oci peak RSS: {results['cnr-oci peak RSS MiB']} MiB\n")
+    rows = [["target", "wanted", "measured", "met"]]
+    checks = targets(results)
+    for name, want, got, ok in checks:
+        rows.append([name, want, got, "yes" if ok else "NO"])
+    print(table(rows))
+    doc = {"command": command, "machine": machine(), "results": results,
+           "targets": [{"target": n, "wanted": w, "measured": g, "met": ok} for n, w, g, ok in checks]}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(doc, indent=2))
+    print("\n" + json.dumps(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
