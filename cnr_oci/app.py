@@ -186,6 +186,7 @@ async def client_ctx(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=100, ssl=_ssl_context(settings))
     # A deep read buffer keeps the upstream flowing while a chunk is written downstream.
     async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False,
+                                     cookie_jar=aiohttp.DummyCookieJar(),
                                      read_bufsize=READ_BUFSIZE) as session:
         app[appkeys.SESSION] = session
         client = OciClient(session, app[appkeys.UPSTREAM], metrics=app[appkeys.METRICS])

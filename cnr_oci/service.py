@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 UNKNOWN_PLATFORM = {"architecture": "unknown", "os": "unknown"}
 ANN_MEDIA_TYPE = "vnd.cnr.package.media-type"
+# Requests to the registry one listing may have in flight at once.
+DEFAULT_FANOUT = 16
 EMPTY_JSON = b"{}"
 
 
@@ -106,7 +108,7 @@ class PackageService:
         *,
         cache_ttl: float = 2.0,
         manifest_cache: int = 8192,
-        fanout: int = 16,
+        fanout: int | None = None,
         locks: PackageLocks | None = None,
     ) -> None:
         self.oci = client
@@ -123,7 +125,7 @@ class PackageService:
         self._manifests: LRU[str, oci.Manifest] = LRU(manifest_cache)
         self._configs: LRU[str, dict[str, Any]] = LRU(manifest_cache)
         self._blob_home: LRU[str, str] = LRU(manifest_cache)
-        self._fanout = asyncio.Semaphore(fanout)
+        self._fanout = asyncio.Semaphore(fanout or DEFAULT_FANOUT)
 
     # -- helpers ---------------------------------------------------------------
 
