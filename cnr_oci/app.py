@@ -221,10 +221,7 @@ async def _settle_forever(service: PackageService, interval: float = 1.0) -> Non
     while True:
         await asyncio.sleep(interval)
         if service.in_doubt:
-            try:
-                await service.settle()
-            except oci.RegistryError:
-                pass  # still down: try again later
+            await service.settle()
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -447,13 +447,6 @@ class PackageService:
         repo = self.repo(pkg)
         tag = mapping.release_to_tag(inp.release)
         config, raw = self.build_documents(pkg, inp, now_iso())
-        # Blobs are content-addressed and invisible until a tag refers to them: upload both,
-        # side by side, before taking the lock, which only guards the tag decision.
-        await asyncio.gather(
-            self.oci.upload_blob(repo, inp.digest, inp.blob, self._mount_source(inp.digest, repo)),
-            self.oci.upload_blob(repo, oci.sha256(config), config),
-        )
-        self._blob_home.put(inp.digest, repo)
         async with self.locks.hold(repo):
             if self._in_doubt:
                 await self.settle(repo)
@@ -464,6 +457,13 @@ class PackageService:
                     "push with force to overwrite",
                     {"package": pkg.full, "release": inp.release, "media_type": inp.media_type},
                 )
+            # Side by side, but under the lock: distribution answers 500 while concurrent
+            # uploads of one digest commit into the same repository.
+            await asyncio.gather(
+                self.oci.upload_blob(repo, inp.digest, inp.blob, self._mount_source(inp.digest, repo)),
+                self.oci.upload_blob(repo, oci.sha256(config), config),
+            )
+            self._blob_home.put(inp.digest, repo)
             new = oci.Manifest(oci.sha256(raw), mapping.OCI_MANIFEST, raw, json.loads(raw))
             replaced = held.packages.get(inp.media_type, ({}, None))[0].get("digest")
             children = [c for c in held.children if c["digest"] != replaced]
@@ -509,11 +509,13 @@ class PackageService:
     def in_doubt(self) -> int:
         return len(self._in_doubt)
 
-    async def settle(self, repo: str | None = None) -> None:
+    async def settle(self, repo: str | None = None) -> int:
         """Roll back tag writes that failed with an unknown outcome (all, or one repository's).
 
-        The client was told the write failed, so if it went through after all, the tag is
-        put back as it was. Raises RegistryUnavailable while the registry is still down.
+        The client was told the write failed, so if it went through after all it is undone:
+        a new release's manifest is deleted by digest (which nothing else refers to); a
+        rewritten tag is put back as it was, if it still holds what we wrote. Entries the
+        registry cannot settle yet stay for a later try. Returns how many are left.
         """
         for key in [k for k in self._in_doubt if repo is None or k[0] == repo]:
             d = self._in_doubt.get(key)
@@ -521,22 +523,25 @@ class PackageService:
                 continue
             token = IDENTITY.set(d.identity)
             try:
-                current = await self.oci.head_manifest(*key)
-                if current == d.digest:
-                    if d.previous is None:
+                if d.previous is None:
+                    try:
                         await self.oci.delete_manifest(key[0], d.digest)
-                    else:
-                        await self.oci.put_manifest(*key, d.previous.raw, d.previous.media_type or mapping.OCI_MANIFEST)
+                        log.warning("rolled back a tag write that failed with an unknown outcome: %s:%s", *key)
+                    except oci.NotFound:
+                        pass  # it never landed
+                elif await self.oci.head_manifest(*key) == d.digest:
+                    await self.oci.put_manifest(*key, d.previous.raw, d.previous.media_type or mapping.OCI_MANIFEST)
                     log.warning("rolled back a tag write that failed with an unknown outcome: %s:%s", *key)
                 self._in_doubt.pop(key, None)
-            except oci.RegistryUnavailable:
-                raise
+            except (oci.RegistryUnavailable, oci.InvalidResponse) as exc:
+                log.info("cannot settle %s:%s yet: %s", *key, exc)
             except oci.RegistryError as exc:
                 log.error("cannot roll back %s:%s (%s); it stays as the registry has it", *key, exc)
                 self._in_doubt.pop(key, None)
             finally:
                 IDENTITY.reset(token)
                 self._forget(*key)
+        return sum(1 for k in self._in_doubt if repo is None or k[0] == repo)
 
     def _mount_source(self, digest: str, repo: str) -> str | None:
         home = self._blob_home.get(digest)
