@@ -61,9 +61,6 @@ class TTLCache(Generic[K, V]):
         item = self._data.get(key)
         return item is not None and item[0] >= self._clock()
 
-    def drop(self, key: K) -> None:
-        self._data.pop(key, None)
-
     def drop_where(self, pred: Callable[[K], bool]) -> None:
         for key in [k for k in self._data if pred(k)]:
             del self._data[key]

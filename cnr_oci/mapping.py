@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -39,7 +38,6 @@ MANIFEST_ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LI
 HELM_CONFIG = "application/vnd.cncf.helm.config.v1+json"
 HELM_LAYER = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
 HELM_LEGACY_LAYER = "application/tar+gzip"
-HELM_PROV = "application/vnd.cncf.helm.chart.provenance.v1.prov"
 CNR_CONFIG = "application/vnd.cnr.package.config.v1+json"
 CHANNEL_CONFIG = "application/vnd.cnr.channel.v1+json"
 CHANNEL_ARTIFACT = "application/vnd.cnr.channel.v1"
@@ -313,7 +311,3 @@ def filename(pkg: Package, release: str) -> str:
 def b64_chunk_size(chunk: int) -> int:
     """A chunk size that is a multiple of 3, so base64 pieces concatenate cleanly."""
     return max(3, chunk - chunk % 3)
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
