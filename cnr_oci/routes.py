@@ -35,6 +35,12 @@ def _media_type(request: web.Request, allow_any: bool = True) -> str:
     return mapping.normalize_media_type(request.match_info["media_type"], allow_any=allow_any)
 
 
+def _query_media_type(request: web.Request) -> str | None:
+    """The optional ?media_type= filter, shortened and checked."""
+    value = request.query.get("media_type") or None
+    return mapping.normalize_media_type(value) if value is not None else None
+
+
 def _base_url(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}"
 
@@ -138,11 +144,8 @@ def _paging(request: web.Request, items: list[Any]) -> list[Any]:
 
 async def list_packages(request: web.Request) -> web.Response:
     q = request.query
-    media_type = q.get("media_type") or None
-    if media_type is not None:
-        media_type = mapping.normalize_media_type(media_type)
     result = await _service(request).list_packages(
-        namespace=q.get("namespace") or None, query=q.get("query") or None, media_type=media_type
+        namespace=q.get("namespace") or None, query=q.get("query") or None, media_type=_query_media_type(request)
     )
     return _json(_paging(request, result))
 
@@ -172,10 +175,7 @@ async def push(request: web.Request) -> web.Response:
 
 async def list_manifests(request: web.Request) -> web.Response:
     pkg = _package(request)
-    media_type = request.query.get("media_type") or None
-    if media_type is not None:
-        media_type = mapping.normalize_media_type(media_type)
-    return _json(await _service(request).list_manifests(pkg, media_type))
+    return _json(await _service(request).list_manifests(pkg, _query_media_type(request)))
 
 
 async def release_manifests(request: web.Request) -> web.Response:

@@ -60,6 +60,12 @@ class InDoubt:
     identity: Credentials | None
 
 
+def _package_type(m: oci.Manifest) -> str | None:
+    """The CNR media type of a manifest that holds a package tarball, else None."""
+    media_type = mapping.classify(m.doc)
+    return media_type if media_type is not None and mapping.content_layer(m.doc) is not None else None
+
+
 def now_iso() -> str:
     """RFC 3339 in UTC to the second, as helm writes org.opencontainers.image.created."""
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -195,7 +201,7 @@ class PackageService:
         if top is None:
             return Contents(None, [], {})
         if top.doc.get("manifests") is None:
-            media_type = mapping.classify(top.doc)
+            media_type = _package_type(top)
             if media_type is not None:
                 desc = package_descriptor(media_type, top)
                 return Contents(top, [desc], {media_type: (desc, top)})
@@ -208,8 +214,8 @@ class PackageService:
         found = await self._gather(self._manifest(repo, d["digest"]) for d in candidates)
         packages: dict[str, tuple[dict[str, Any], oci.Manifest]] = {}
         for d, m in zip(candidates, found):
-            media_type = mapping.classify(m.doc) if m is not None else None
-            if m is not None and media_type is not None and mapping.content_layer(m.doc):
+            media_type = _package_type(m) if m is not None else None
+            if m is not None and media_type is not None:
                 packages.setdefault(media_type, (d, m))
         return Contents(top, children, packages)
 
@@ -231,9 +237,8 @@ class PackageService:
         """The packages a release tag holds: one for a manifest, several for an index."""
         c = await self.contents(self.repo(pkg), release, fresh)
         return [
-            Entry(release, mt, m.digest, m.doc, layer)
+            Entry(release, mt, m.digest, m.doc, mapping.content_layer(m.doc) or {})
             for mt, (_, m) in sorted(c.packages.items())
-            if (layer := mapping.content_layer(m.doc)) is not None
         ]
 
     async def all_entries(self, pkg: Package, releases: list[str]) -> list[Entry]:
@@ -277,7 +282,8 @@ class PackageService:
             {"package": pkg.full, "release": query, "media_type": media_type},
         )
 
-    async def _config(self, repo: str, desc: dict[str, Any]) -> dict[str, Any]:
+    async def _config(self, repo: str, desc: dict[str, Any], schema: str) -> dict[str, Any]:
+        """A config blob (a package's or a channel's), checked against its schema; immutable by digest."""
         digest = str(desc.get("digest"))
         cached = self._configs.get(digest)
         if cached is None:
@@ -286,20 +292,19 @@ class PackageService:
                 cached = json.loads(raw)
             except ValueError as exc:
                 raise errors.UpstreamBadGateway(f"config {digest} in {repo} is not JSON") from exc
-            schemas.check_stored(schemas.CNR_CONFIG, cached, f"{repo}@{digest}")
+            schemas.check_stored(schema, cached, f"{repo}@{digest}")
             self._configs.put(digest, cached)
         return cached
 
-    async def manifest_object(self, pkg: Package, e: Entry, with_metadata: bool = True) -> dict[str, Any]:
+    async def manifest_object(self, pkg: Package, e: Entry) -> dict[str, Any]:
         """The CNR manifest object of one entry."""
         ann = e.manifest.get("annotations") or {}
         created = ann.get(mapping.ANN_CREATED, "")
         metadata: Any = None
         if (e.manifest.get("config") or {}).get("mediaType") == mapping.CNR_CONFIG:
-            if with_metadata:
-                cfg = await self._config(self.repo(pkg), e.manifest["config"])
-                metadata = cfg.get("metadata")
-                created = created or cfg.get("created_at", "")
+            cfg = await self._config(self.repo(pkg), e.manifest["config"], schemas.CNR_CONFIG)
+            metadata = cfg.get("metadata")
+            created = created or cfg.get("created_at", "")
         elif mapping.ANN_METADATA in ann:
             try:
                 metadata = json.loads(ann[mapping.ANN_METADATA])
@@ -632,16 +637,7 @@ class PackageService:
         m = await self._manifest(repo, mapping.channel_tag(name), fresh)
         if m is None or (m.doc.get("config") or {}).get("mediaType") != mapping.CHANNEL_CONFIG:
             return None
-        digest = str(m.doc["config"].get("digest"))
-        doc = self._configs.get(digest)
-        if doc is None:
-            try:
-                doc = json.loads(await self.oci.get_small_blob(repo, digest))
-            except ValueError as exc:
-                raise errors.UpstreamBadGateway(f"channel config {digest} in {repo} is not JSON") from exc
-            schemas.check_stored(schemas.CHANNEL, doc, f"{repo}@{digest}")
-            self._configs.put(digest, doc)
-        return doc, m
+        return await self._config(repo, m.doc["config"], schemas.CHANNEL), m
 
     async def channels(self, pkg: Package) -> list[dict[str, Any]]:
         """E14: every channel of a package; 404 when the package does not exist."""
