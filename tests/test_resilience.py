@@ -123,6 +123,7 @@ async def test_registry_killed_during_100_concurrent_pushes(make_client, own_reg
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory):
     require_binary("redis-server")
+    require_binary("redis-cli")
     port = free_port()
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
@@ -159,7 +160,6 @@ async def wait_up(session: aiohttp.ClientSession, base: str) -> None:
 
 
 async def test_two_replicas_sharing_redis_have_one_winner(registry, redis_server):
-    require_binary("redis-cli")
     replicas = [start_replica(registry.url, redis_server) for _ in range(2)]
     try:
         async with aiohttp.ClientSession() as session:
