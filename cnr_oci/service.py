@@ -139,11 +139,14 @@ class PackageService:
         return pkg.repository(self.prefix)
 
     async def _bounded(self, aw: Awaitable[T]) -> T:
+        """A leaf registry call, counted against the fan-out width. Only leaves take a slot:
+        a slot held while waiting for another slot deadlocks once the width is reached."""
         async with self._fanout:
             return await aw
 
-    async def _gather(self, aws: Iterable[Awaitable[T]]) -> list[T]:
-        return list(await asyncio.gather(*(self._bounded(a) for a in aws)))
+    @staticmethod
+    async def _gather(aws: Iterable[Awaitable[T]]) -> list[T]:
+        return list(await asyncio.gather(*aws))
 
     def _forget(self, repo: str, tag: str | None = None) -> None:
         """Drop what our own write made stale, for every identity."""
@@ -158,7 +161,7 @@ class PackageService:
         tags = self._tags.get(key)
         if tags is None:
             try:
-                tags = await self.oci.tags(repo)
+                tags = await self._bounded(self.oci.tags(repo))
             except oci.NotFound:
                 tags = []
             self._tags.put(key, tags)
@@ -174,7 +177,7 @@ class PackageService:
             if cached is not None:
                 return cached
         try:
-            m = await self.oci.get_manifest(repo, digest or ref)
+            m = await self._bounded(self.oci.get_manifest(repo, digest or ref))
         except oci.NotFound:
             return None
         self._manifests.put(m.digest, m)
@@ -225,7 +228,7 @@ class PackageService:
         config = m.doc.get("config") or {}
         if isinstance(config.get("digest"), str):
             try:
-                cfg = json.loads(await self.oci.get_small_blob(repo, config["digest"]))
+                cfg = json.loads(await self._bounded(self.oci.get_small_blob(repo, config["digest"])))
                 platform = {k: cfg[k] for k in ("architecture", "os", "variant") if isinstance(cfg.get(k), str)}
                 if "architecture" in platform and "os" in platform:
                     desc["platform"] = platform
@@ -287,7 +290,7 @@ class PackageService:
         digest = str(desc.get("digest"))
         cached = self._configs.get(digest)
         if cached is None:
-            raw = await self.oci.get_small_blob(repo, digest)
+            raw = await self._bounded(self.oci.get_small_blob(repo, digest))
             try:
                 cached = json.loads(raw)
             except ValueError as exc:
@@ -405,7 +408,7 @@ class PackageService:
     async def _compute_summary(self, pkg: Package, media_type: str | None) -> dict[str, Any] | None:
         """One E5 package object; None when nothing matches or the caller may not read it."""
         try:
-            releases = await self._bounded(self.releases(pkg))
+            releases = await self.releases(pkg)
             found = [e for e in await self.all_entries(pkg, releases)
                      if media_type is None or e.media_type == media_type]
         except (errors.PackageNotFound, oci.Unauthorized, oci.Denied, oci.NotFound):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from cnr_oci import mapping
@@ -93,3 +95,24 @@ async def test_a_helm_only_release_never_uses_an_index(client, registry):
     assert (await client.post(f"{API}/{ns}/{name}?force=true", json=body(chart(name, extra=b"2"), media_type="helm"))).status == 200
     top, _ = helpers.manifest(registry.url, f"{ns}/{name}", "1.0.0")
     assert top["mediaType"] == mapping.OCI_MANIFEST and top["config"]["mediaType"] == mapping.HELM_CONFIG
+
+
+@pytest.mark.timeout(90)
+async def test_listing_forty_multi_type_releases_does_not_deadlock(client):
+    """The listing fan-out is bounded at the leaf registry calls only: 40 index releases
+    (more than the fan-out width) used to hold every slot while asking for more."""
+    ns, name = unique()
+    pkg = f"{ns}/{name}"
+    h, k = chart(name), kpm()
+    releases = [f"1.{i}.0" for i in range(40)]
+    for r in releases:
+        assert (await client.post(f"{API}/{pkg}", json=body(h, release=r, media_type="helm"))).status == 200
+        assert (await client.post(f"{API}/{pkg}", json=body(k, release=r, media_type="kpm"))).status == 200
+    listed = await (await asyncio.wait_for(client.get(f"{API}/{pkg}"), 20)).json()
+    assert len(listed) == 80 and {m["release"] for m in listed} == set(releases)
+    summary = await (await asyncio.wait_for(client.get(f"{API}?namespace={ns}"), 20)).json()
+    assert summary[0]["releases"][0] == "1.39.0" and summary[0]["manifests"] == ["helm", "kpm"]
+    # An unrelated package still answers meanwhile and after.
+    other = "/".join(unique())
+    assert (await client.post(f"{API}/{other}", json=body(kpm()))).status == 200
+    assert (await asyncio.wait_for(client.get(f"{API}/{other}"), 10)).status == 200
