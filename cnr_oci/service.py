@@ -98,6 +98,10 @@ def _refused(exc: oci.RegistryError, details: dict[str, Any]) -> errors.CnrError
     )
 
 
+def _channel_missing(pkg: Package, name: str) -> errors.CnrError:
+    return errors.ChannelNotFound(f"channel {name} of {pkg.full} not found", {"package": pkg.full, "channel": name})
+
+
 def _check_written(name: str, doc: Any) -> None:
     problem = schemas.first_error(name, doc)
     if problem:
@@ -490,6 +494,7 @@ class PackageService:
         """Point a release tag at what it now holds: nothing, one manifest, or an index."""
         if not children:
             if held.top is not None:
+                await self._refuse_if_shared(repo, tag, held.top.digest)
                 await self.oci.delete_manifest(repo, held.top.digest)
             return
         if len(children) == 1:
@@ -504,6 +509,34 @@ class PackageService:
         if held.is_index and held.top is not None and held.top.doc.get("annotations"):
             index["annotations"] = held.top.doc["annotations"]
         await self._put_tag(repo, tag, json.dumps(index, separators=(",", ":")).encode(), mapping.OCI_INDEX, held.top)
+
+    async def _refuse_if_shared(self, repo: str, tag: str, digest: str) -> None:
+        """distribution deletes by digest, which untags every tag on that manifest. cnr-oci's own
+        manifests are unique per release, but another tool may have tagged one (``latest``):
+        never remove such a tag silently.
+
+        Raises:
+            ResourceInUse: other tags point at the manifest; they are named.
+        """
+        try:
+            tags = [t for t in await self._bounded(self.oci.tags(repo)) if t != tag]
+        except oci.NotFound:
+            return
+        heads = await self._gather(self._bounded(self.oci.head_manifest(repo, t)) for t in tags)
+        others = sorted(t for t, d in zip(tags, heads) if d == digest)
+        if others:
+            raise errors.ResourceInUse(
+                f"the manifest of {repo}:{tag} is also tagged {', '.join(others)}; deleting it would "
+                "remove those tags too, so nothing was deleted: remove or move them first",
+                {"tags": others},
+            )
+
+    async def _gone(self, repo: str, tag: str) -> bool:
+        """Whether a tag is certainly absent (False when the registry cannot say)."""
+        try:
+            return await self.oci.head_manifest(repo, tag) is None
+        except oci.RegistryError:
+            return False
 
     async def _put_tag(self, repo: str, tag: str, raw: bytes, media_type: str, previous: oci.Manifest | None) -> None:
         """The one write that makes a release visible; if its outcome is unknown, remember it."""
@@ -613,6 +646,10 @@ class PackageService:
             held = await self.contents(repo, release, fresh=True)
             chosen = [mt for mt in held.packages if media_type in ("-", mt)]
             if not chosen:
+                if held.top is None:
+                    # Already gone (an earlier delete whose answer was lost, or another tool):
+                    # a channel may still name it, and must not.
+                    await self._drop_from_channels(pkg, release)
                 raise errors.PackageNotFound(
                     f"{pkg.full} release {release} ({media_type}) not found",
                     {"package": pkg.full, "release": release, "media_type": media_type},
@@ -628,6 +665,14 @@ class PackageService:
                 await self._write_tag(repo, tag, held, children)
             except oci.UnsupportedOperation as exc:
                 raise _refused(exc, {"package": pkg.full, "release": release}) from exc
+            except errors.ResourceInUse as exc:
+                exc.details.update(package=pkg.full, release=release)
+                raise
+            except (oci.RegistryUnavailable, oci.InvalidResponse):
+                # The answer was lost: the delete may have happened. If the tag is gone, it did.
+                if children or not await self._gone(repo, tag):
+                    raise
+                log.warning("the registry's answer to deleting %s:%s was lost, but the tag is gone", repo, tag)
             finally:
                 self._forget(repo, tag)
             if not children:
@@ -642,25 +687,36 @@ class PackageService:
             return None
         return await self._config(repo, m.doc["config"], schemas.CHANNEL), m
 
+    @staticmethod
+    def _visible(doc: dict[str, Any], existing: set[str]) -> dict[str, Any] | None:
+        """A channel as readers see it: only releases that exist, so a channel never names a
+        deleted release, whoever deleted it; ``current`` falls back to the highest left."""
+        left = [r for r in doc["releases"] if r in existing]
+        if not left:
+            return None
+        current = doc["current"] if doc["current"] in left else mapping.sort_releases(left)[0]
+        return {"name": doc["name"], "current": current, "releases": left}
+
     async def channels(self, pkg: Package) -> list[dict[str, Any]]:
         """E14: every channel of a package; 404 when the package does not exist."""
-        await self.releases(pkg)
+        existing = set(await self.releases(pkg))
         repo = self.repo(pkg)
         names = sorted(n for t in await self._tags_of(repo) if (n := mapping.channel_from_tag(t)))
         found = await self._gather(self._read_channel(repo, n) for n in names)
-        return [c[0] for c in found if c is not None]
+        return [v for c in found if c is not None and (v := self._visible(c[0], existing)) is not None]
 
     async def channel(self, pkg: Package, name: str) -> dict[str, Any]:
         mapping.check_channel(name)
-        await self.releases(pkg)
-        return (await self._existing_channel(pkg, name))[0]
+        existing = set(await self.releases(pkg))
+        visible = self._visible((await self._existing_channel(pkg, name))[0], existing)
+        if visible is None:
+            raise _channel_missing(pkg, name)
+        return visible
 
     async def _existing_channel(self, pkg: Package, name: str, fresh: bool = False) -> tuple[dict[str, Any], oci.Manifest]:
         found = await self._read_channel(self.repo(pkg), name, fresh)
         if found is None:
-            raise errors.ChannelNotFound(
-                f"channel {name} of {pkg.full} not found", {"package": pkg.full, "channel": name}
-            )
+            raise _channel_missing(pkg, name)
         return found
 
     async def _write_channel(self, pkg: Package, doc: dict[str, Any]) -> None:

@@ -18,8 +18,10 @@ Rule = Callable[[web.Request], bool]
 
 def make_proxy(target: str, fail: Rule = lambda r: False, corrupt_blobs: bool = False,
                lose_answer: Rule = lambda r: False, fail_status: int = 500,
-               seen: collections.Counter[str] | None = None) -> web.Application:
-    """fail: answer fail_status without forwarding; lose_answer: forward, then answer 502."""
+               seen: collections.Counter[str] | None = None,
+               reset_after: Rule = lambda r: False) -> web.Application:
+    """fail: answer fail_status without forwarding; lose_answer: forward, then answer 502;
+    reset_after: forward, then reset the connection (no answer at all)."""
     seen = seen if seen is not None else collections.Counter()
 
     async def session_ctx(app: web.Application):
@@ -39,6 +41,10 @@ def make_proxy(target: str, fail: Rule = lambda r: False, corrupt_blobs: bool = 
         ) as up:
             payload = await up.read()
             out = {k: v for k, v in up.headers.items() if k not in HOP}
+            if reset_after(request):
+                assert request.transport is not None
+                request.transport.abort()
+                raise ConnectionResetError("injected reset")
             if lose_answer(request):
                 return web.json_response({"errors": [{"code": "UNKNOWN", "message": "answer lost"}]}, status=502)
             if corrupt_blobs and request.method == "GET" and "/blobs/" in request.path and payload:
