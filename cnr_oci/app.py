@@ -74,7 +74,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                         request.method, request.path, exc, exc.body)
             exc = registry_to_cnr(exc, request)
         if isinstance(exc, errors.CnrError):
-            return errors.render(exc, CHALLENGE if exc.status == 401 else None)
+            return errors.render(exc, {**(CHALLENGE if exc.status == 401 else {}), **exc.headers})
         if isinstance(exc, web.HTTPException):
             if exc.status < 400:
                 raise
@@ -235,6 +235,8 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_size)
     app[appkeys.SETTINGS] = settings
     app[appkeys.METRICS] = Metrics()
+    # Push bodies in memory at once (each up to max_body_size, about 3x that while decoded).
+    app[appkeys.PUSH_SLOTS] = asyncio.Semaphore(settings.max_concurrent_pushes)
     app[appkeys.TOKENS] = TokenCodec(load_secret(settings.token_secret, settings.data_dir), settings.token_ttl)
     app.cleanup_ctx.append(registry_ctx)
     app.cleanup_ctx.append(client_ctx)

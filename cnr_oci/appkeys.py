@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 from aiohttp import web
 
@@ -21,3 +23,4 @@ SERVICE = web.AppKey("service", PackageService)
 TOKENS = web.AppKey("tokens", TokenCodec)
 SERVICE_CREDENTIALS = web.AppKey("service_credentials", Credentials)
 METRICS = web.AppKey("metrics", Metrics)
+PUSH_SLOTS = web.AppKey("push_slots", asyncio.Semaphore)

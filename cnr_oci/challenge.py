@@ -49,6 +49,8 @@ def scope_for(method: str, path: str) -> str:
     m = re.match(r"^/v2/(.+?)/(?:manifests|blobs|tags)/", path)
     if not m:
         return ""
+    if "/blobs/uploads/" in path:  # every upload request, a cancel (DELETE) included, needs push
+        return f"repository:{m.group(1)}:pull,push"
     actions = {"GET": "pull", "HEAD": "pull", "DELETE": "delete"}.get(method, "pull,push")
     return f"repository:{m.group(1)}:{actions}"
 

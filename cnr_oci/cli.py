@@ -58,6 +58,8 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
      "prefix of every OCI repository, e.g. a Harbor project (default none)"),
     ("--data-dir", "data_dir", str, "data directory of the embedded registry (default ./data)"),
     ("--max-body-size", "max_body_size", parse_size, "largest request body (default 64MiB)"),
+    ("--max-concurrent-pushes", "max_concurrent_pushes", int,
+     "push bodies read and decoded at once; more wait up to 10 s, then get 503 (default 4)"),
     ("--log-level", "log_level", str, "debug, info, warning or error (default info)"),
     ("--token-secret", "token_secret", str,
      "secret for login tokens; default: generated once into <data-dir>/token-secret"),

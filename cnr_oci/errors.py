@@ -18,6 +18,7 @@ class CnrError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details or {}
+        self.headers: dict[str, str] = {}
 
 
 def _error(name: str, code: str, status: int) -> type[CnrError]:
@@ -41,6 +42,7 @@ InternalError = _error("InternalError", "internal-error", 500)
 Unsupported = _error("Unsupported", "unsupported", 501)
 UpstreamBadGateway = _error("UpstreamBadGateway", "upstream-unavailable", 502)
 UpstreamUnavailable = _error("UpstreamUnavailable", "upstream-unavailable", 503)
+ServerBusy = _error("ServerBusy", "server-busy", 503)
 
 
 def error_body(code: str, message: str, details: dict[str, Any]) -> dict[str, Any]:

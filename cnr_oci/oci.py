@@ -349,27 +349,32 @@ class OciClient:
         return BlobStream(resp, digest)
 
     async def upload_blob(
-        self, repo: str, digest: str, data: bytes, mount_from: str | None = None
+        self, repo: str, digest: str, data: bytes, mount_from: str | None = None,
+        session: "UploadSession | None" = None,
     ) -> str:
         """Upload unless present: HEAD, then mount or POST + PUT ?digest= (monolithic).
+        An open, unused session of this repository is used instead of a new POST.
 
         Returns:
             "exists", "mounted" or "uploaded".
         """
         if await self.blob_exists(repo, digest):
             return "exists"
-        params = {"mount": digest, "from": mount_from} if mount_from else None
-        resp = await self._request(
-            "POST", f"/v2/{repo}/blobs/uploads/", expect=(201, 202), params=params
-        )
-        resp.release()
-        if resp.status == 201:
-            return "mounted"
-        location = resp.headers.get("Location")
+        if session is not None and not session.used and session.location and not mount_from:
+            session.used = True
+            location: str | None = session.location
+        else:
+            params = {"mount": digest, "from": mount_from} if mount_from else None
+            resp = await self._request(
+                "POST", f"/v2/{repo}/blobs/uploads/", expect=(201, 202), params=params
+            )
+            resp.release()
+            if resp.status == 201:
+                return "mounted"
+            location = resp.headers.get("Location")
         if not location:
             raise InvalidResponse("blob upload answered no Location")
-        url = self.base.join(URL(location)) if not location.startswith("http") else URL(location)
-        url = url.update_query({"digest": digest})
+        url = self._location(location).update_query({"digest": digest})
         resp = await self._request(
             "PUT",
             url,
@@ -380,6 +385,34 @@ class OciClient:
         )
         resp.release()
         return "uploaded"
+
+    def _location(self, location: str) -> URL:
+        """An upload Location, relative to the registry or absolute."""
+        return self.base.join(URL(location)) if not location.startswith("http") else URL(location)
+
+    async def open_upload(self, repo: str) -> "UploadSession":
+        """Open an upload session as the current identity. Opening one needs push rights, so
+        this proves them before any content is read or sent.
+
+        Raises:
+            Unauthorized: no or bad credentials where the registry needs them.
+            Denied: the credentials may not push to repo.
+        """
+        resp = await self._request("POST", f"/v2/{repo}/blobs/uploads/", expect=(202,))
+        resp.release()
+        return UploadSession(repo, resp.headers.get("Location"))
+
+    async def cancel_upload(self, session: "UploadSession") -> None:
+        """Cancel an unused upload session (DELETE), so nothing is left behind."""
+        if session.used or not session.location:
+            return
+        session.used = True
+        try:
+            done = await self._request("DELETE", self._location(session.location), expect=(200, 202, 204, 404),
+                                       what=f"cancel an unused upload in {session.repo}")
+            done.release()
+        except RegistryError as exc:  # an abandoned session is purged by the registry later
+            log.info("%s", exc)
 
     # -- listing ---------------------------------------------------------------
 
@@ -410,6 +443,15 @@ class OciClient:
     async def catalog(self, page_size: int = 1000) -> list[str]:
         """Every repository; distribution caps a catalog page at 1000."""
         return await self._paged("/v2/_catalog", "repositories", {"n": str(page_size)})
+
+
+@dataclass
+class UploadSession:
+    """An open blob upload: used once by upload_blob, or cancelled."""
+
+    repo: str
+    location: str | None
+    used: bool = False
 
 
 class BlobStream:

@@ -6,7 +6,8 @@ import asyncio
 import base64
 import html
 import json
-from typing import Any
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
 
 from aiohttp import web
 
@@ -159,15 +160,36 @@ async def search(request: web.Request) -> web.Response:
 
 async def push(request: web.Request) -> web.Response:
     pkg = _package(request)
-    limit = request.app[appkeys.SETTINGS].max_body_size
+    settings = request.app[appkeys.SETTINGS]
+    limit = settings.max_body_size
     if request.content_length is not None and request.content_length > limit:
         raise errors.PayloadTooLarge(f"the body exceeds the limit of {limit} bytes", {"limit": limit})
-    raw = await request.read()
-    # JSON, base64 and gzip/tar checks of a large push are CPU-bound: keep them off the loop.
-    inp = await asyncio.to_thread(archive.parse_push, raw, request.query.get("force"), pkg)
-    del raw
-    await _service(request).push(pkg, inp)
+    service = _service(request)
+    # Who is calling, and may they push here? Known before a byte of the body is read.
+    async with service.push_rights(pkg) as session, _push_slot(request):
+        raw = await request.read()
+        # JSON, base64 and gzip/tar checks of a large push are CPU-bound: keep them off the loop.
+        inp = await asyncio.to_thread(archive.parse_push, raw, request.query.get("force"), pkg)
+        del raw
+        await service.push(pkg, inp, session)
     return _json({"status": "ok"})
+
+
+@asynccontextmanager
+async def _push_slot(request: web.Request) -> AsyncIterator[None]:
+    """One of the few push bodies that may be in memory at once; 503 after a bounded wait."""
+    slots = request.app[appkeys.PUSH_SLOTS]
+    wait = request.app[appkeys.SETTINGS].push_queue_wait
+    try:
+        await asyncio.wait_for(slots.acquire(), wait)
+    except asyncio.TimeoutError:
+        err = errors.ServerBusy(f"too many pushes in progress; retry in {int(wait)} s", {"retry_after": int(wait)})
+        err.headers["Retry-After"] = str(int(wait))
+        raise err from None
+    try:
+        yield
+    finally:
+        slots.release()
 
 
 # -- E8, E9, E10, E11 -------------------------------------------------------------

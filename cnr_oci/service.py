@@ -6,8 +6,9 @@ import asyncio
 import datetime as dt
 import json
 import logging
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Awaitable, Iterable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Iterable, TypeVar
 
 from cnr_oci import errors, mapping, oci, schemas
 from cnr_oci.auth import IDENTITY, Credentials, identity_key
@@ -447,7 +448,21 @@ class PackageService:
 
     # -- writing ---------------------------------------------------------------
 
-    async def push(self, pkg: Package, inp: PushInput) -> None:
+    @asynccontextmanager
+    async def push_rights(self, pkg: Package) -> AsyncIterator[oci.UploadSession]:
+        """Prove the caller may push to the package, before its body is read: an upload
+        session is opened as the caller, handed to push() for the blob, and cancelled if unused.
+
+        Raises:
+            Unauthorized, Denied: the caller may not push here.
+        """
+        session = await self.oci.open_upload(self.repo(pkg))
+        try:
+            yield session
+        finally:
+            await self.oci.cancel_upload(session)
+
+    async def push(self, pkg: Package, inp: PushInput, session: oci.UploadSession | None = None) -> None:
         """Store a package; the tag is written last, so a failure leaves nothing visible.
 
         A release that already holds other media types, or a container image, becomes
@@ -472,7 +487,7 @@ class PackageService:
             # Side by side, but under the lock: distribution answers 500 while concurrent
             # uploads of one digest commit into the same repository.
             await asyncio.gather(
-                self.oci.upload_blob(repo, inp.digest, inp.blob, self._mount_source(inp.digest, repo)),
+                self.oci.upload_blob(repo, inp.digest, inp.blob, self._mount_source(inp.digest, repo), session),
                 self.oci.upload_blob(repo, oci.sha256(config), config),
             )
             self._blob_home.put(inp.digest, repo)

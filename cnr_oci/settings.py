@@ -14,6 +14,8 @@ class Settings:
     repository_prefix: str = ""
     data_dir: str = "./data"
     max_body_size: int = 64 * 1024 * 1024
+    max_concurrent_pushes: int = 4
+    push_queue_wait: float = 10.0
     log_level: str = "info"
     # Authentication and TLS (see README "Authentication").
     token_secret: str | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -323,3 +324,73 @@ async def test_tls_to_the_registry_with_a_ca_bundle_or_the_insecure_switch(make_
     unverified = await make_client(Settings(upstream=url, connect_timeout=2))
     resp = await unverified.get(API)
     assert resp.status == 503 and (await resp.json())["code"] == "upstream-unavailable"
+
+
+# -- who is calling, before the body is read -------------------------------------------
+
+
+async def _post_head_only(client, path: str, headers: dict[str, str], length: int, sent: bytes = b"{") -> tuple[int, dict]:
+    """POST with a large Content-Length but only a few bytes of body; the answer must come
+    without the rest, so the server decided before reading the body."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {length}\r\n{head}\r\n".encode() + sent)
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        raw_headers = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        size = int(next(line.split(b":")[1] for line in raw_headers.split(b"\r\n")
+                        if line.lower().startswith(b"content-length")))
+        payload = await asyncio.wait_for(reader.readexactly(size), 5)
+        return int(status_line.split()[1]), json.loads(payload)
+    finally:
+        writer.close()
+
+
+async def test_anonymous_push_is_401_before_the_body_is_read(basic_client):
+    repo = "/".join(unique())
+    status, data = await _post_head_only(basic_client, f"{API}/{repo}", {}, 50 * 1024 * 1024)
+    assert status == 401 and data["code"] == "unauthorized-access"
+
+
+async def test_wrong_password_push_is_401_before_the_body_is_read(basic_client):
+    repo = "/".join(unique())
+    status, data = await _post_head_only(basic_client, f"{API}/{repo}", basic("alice", "wrong"), 50 * 1024 * 1024)
+    assert status == 401 and data["code"] == "unauthorized-access"
+
+
+async def test_push_without_push_rights_is_403_before_the_body_is_read(token_client, tokens):
+    b = f"b{unique()[0]}/y"  # alice may only pull b*/*
+    status, data = await _post_head_only(token_client, f"{API}/{b}", basic("alice"), 50 * 1024 * 1024)
+    assert status == 403 and data["code"] == "forbidden" and data["details"]["package"] == b
+
+
+async def test_the_push_rights_session_is_used_for_the_blob_or_cancelled(basic_client, htpasswd_registry):
+    repo = "/".join(unique())
+    uploads = htpasswd_registry.root / "registry" / "docker" / "registry" / "v2" / "repositories" / repo / "_uploads"
+    assert (await basic_client.post(f"{API}/{repo}", json=body(kpm()), headers=basic("alice"))).status == 200
+    assert uploads.is_dir() and list(uploads.iterdir()) == []  # used, completed, removed
+    resp = await basic_client.post(f"{API}/{repo}", json=body(b"not a tarball", "2.0.0"), headers=basic("alice"))
+    assert resp.status == 400
+    # Cancelled: distribution 2.8 keeps only a hash-state stub of a cancelled upload, no data.
+    assert [p.name for p in uploads.rglob("*") if p.is_file() and p.name in ("data", "startedat")] == []
+
+
+async def test_pushes_beyond_the_in_flight_limit_wait_then_get_503(make_client, registry):
+    client = await make_client(Settings(upstream=registry.url, max_concurrent_pushes=1, push_queue_wait=0.5))
+    repo = "/".join(unique())
+    # The first push holds the only slot while its body trickles in.
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    payload = json.dumps(body(kpm())).encode()
+    writer.write(f"POST {API}/{repo} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload[:10])
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    resp = await client.post(f"{API}/{repo}", json=body(kpm(), "2.0.0"))
+    data = await resp.json()
+    assert resp.status == 503 and data["code"] == "server-busy" and resp.headers["Retry-After"] == "0"
+    writer.write(payload[10:])
+    await writer.drain()
+    assert b" 200 " in await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    assert (await client.post(f"{API}/{repo}", json=body(kpm(), "2.0.0"))).status == 200
