@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -166,7 +167,8 @@ async def test_the_token_server_refuses_the_identity_token_as_a_basic_password(o
             assert resp.status == 401
 
 
-async def test_reads_through_a_docker_identity_token(make_client, oauth_env, oauth_tokens, tmp_path):
+async def test_reads_through_a_docker_identity_token(make_client, oauth_env, oauth_tokens, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
     repo = "/".join(unique())
     blob = kpm()
     admin = {"Authorization": "Basic " + base64.b64encode(b"admin:admin-pw").decode()}
@@ -188,6 +190,7 @@ async def test_reads_through_a_docker_identity_token(make_client, oauth_env, oau
 
     closed = await make_client(Settings(upstream=oauth_env.registry.url, docker_config=str(tmp_path)))
     assert (await closed.get(f"{API}/{repo}/1.0.0/kpm/pull")).status == 401  # --anonymous-read is the opt-in
+    assert ROBOT_REFRESH not in caplog.text
 
 
 def test_an_identity_token_stays_out_of_repr(tmp_path):
