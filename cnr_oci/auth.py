@@ -160,7 +160,7 @@ def load_secret(configured: str | None, data_dir: str) -> bytes:
         SecretError: the secret is too short or empty, or its file is open to other users.
     """
     if configured is not None:
-        return _key_from(configured, "--token-secret / CNR_OCI_TOKEN_SECRET")
+        return _key_from(configured.strip(), "--token-secret / CNR_OCI_TOKEN_SECRET")
     path = Path(data_dir) / "token-secret"
     try:
         if path.exists():

@@ -157,6 +157,8 @@ def user_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             if getpass.getpass("again: ") != password:
                 return _fail("the passwords differ")
         new = add_user(data_dir, args.name, password)
+    except (EOFError, KeyboardInterrupt):
+        return _fail("no password given")
     except UserError as exc:
         return _fail(str(exc))
     except OSError as exc:
