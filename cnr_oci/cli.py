@@ -51,7 +51,7 @@ def _upstream(value: str) -> str:
     try:
         url = URL(value)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--upstream is not a URL: {exc}") from exc
+        raise argparse.ArgumentTypeError("--upstream is not a valid URL") from exc
     if url.user is not None or url.password is not None or "@" in (url.raw_authority or ""):
         # Every caller, anonymous or with a wrong password, would act as that user.
         raise argparse.ArgumentTypeError(
