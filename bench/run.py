@@ -325,7 +325,7 @@ def main() -> int:
         port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "cnr_oci", "serve", "--port", str(port), "--upstream", registry.url,
-             "--log-level", "warning", "--token-secret", "bench", "--max-body-size", "16MiB"],
+             "--log-level", "warning", "--token-secret", "bench-secret-not-for-production", "--max-body-size", "16MiB"],
             cwd=str(Path(__file__).resolve().parent.parent))
         url = f"http://127.0.0.1:{port}"
         try:

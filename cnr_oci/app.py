@@ -166,9 +166,14 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         app[appkeys.UPSTREAM] = settings.upstream
         yield
         return
-    reg = EmbeddedRegistry(settings.data_dir, binary=settings.registry_binary)
+    from cnr_oci.embedded import htpasswd_path
+
+    users = htpasswd_path(settings.data_dir)
+    reg = EmbeddedRegistry(settings.data_dir, binary=settings.registry_binary,
+                           htpasswd=users if users.is_file() else None)
     await asyncio.to_thread(reg.start)
-    log.info("embedded docker-registry on %s, storage in %s", reg.url, reg.root / "registry")
+    log.info("embedded docker-registry on %s, storage in %s, %s", reg.url, reg.root / "registry",
+             f"users from {users}" if reg.htpasswd else "open to anyone who reaches cnr-oci")
     app[appkeys.EMBEDDED] = reg
     app[appkeys.UPSTREAM] = reg.url
     try:

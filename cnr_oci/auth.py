@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextvars
+import functools
 import hashlib
 import json
 import logging
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from cnr_oci import errors
 
@@ -28,15 +30,21 @@ TOKEN_PREFIX = "cnroci1."
 
 @dataclass(frozen=True)
 class Credentials:
-    """A registry username and password. The password never appears in repr or logs."""
+    """A registry username and password, or a refresh token (Docker's ``identitytoken``).
+
+    A refresh token is exchanged at the registry's token endpoint (OAuth2 ``refresh_token``
+    grant), never sent as a password. Neither secret appears in repr or logs.
+    """
 
     username: str
     password: str = field(repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
 
     @property
     def key(self) -> str:
         """A stable, non-reversible key for caches (tokens are per identity)."""
-        return hashlib.sha256(f"{self.username}\0{self.password}".encode()).hexdigest()
+        material = f"{self.username}\0{self.password}\0{self.refresh_token or ''}"
+        return hashlib.sha256(material.encode()).hexdigest()
 
     def basic(self) -> str:
         return "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
@@ -110,23 +118,66 @@ def parse_authorization(value: str | None, codec: TokenCodec) -> Credentials | N
     raise errors.Unauthorized("unrecognised Authorization header; log in to get a token")
 
 
+class SecretError(ValueError):
+    """The login-token secret is unusable: too short, empty, or in a file others can read."""
+
+
+MIN_SECRET_CHARS = 16
+# Replicas must derive the same key from the same string: salt and cost are fixed (README).
+KDF_SALT = b"cnr-oci/token-secret/v2"
+KDF_N, KDF_R, KDF_P = 2**15, 8, 1
+
+
+@functools.lru_cache(maxsize=4)
+def derive_key(secret: str) -> bytes:
+    """A Fernet key from a string secret, through scrypt (about 0.1 s: once per process)."""
+    kdf = Scrypt(salt=KDF_SALT, length=32, n=KDF_N, r=KDF_R, p=KDF_P)
+    return base64.urlsafe_b64encode(kdf.derive(secret.encode()))
+
+
+def _key_from(text: str, where: str) -> bytes:
+    """A Fernet key as is; any other string of 16 characters or more through the KDF."""
+    if not text:
+        raise SecretError(f"{where} is empty")
+    try:
+        Fernet(text.encode())
+        return text.encode()
+    except ValueError:
+        pass
+    if len(text) < MIN_SECRET_CHARS:
+        raise SecretError(
+            f"{where} is shorter than {MIN_SECRET_CHARS} characters; use a long random string, e.g. "
+            "python3 -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+        )
+    return derive_key(text)
+
+
 def load_secret(configured: str | None, data_dir: str) -> bytes:
-    """The token secret: configured (a Fernet key, or any string, hashed into one), or
-    generated once and kept in the data directory."""
-    if configured:
-        try:
-            Fernet(configured.encode())
-            return configured.encode()
-        except ValueError:
-            return base64.urlsafe_b64encode(hashlib.sha256(configured.encode()).digest())
+    """The token secret: configured (a Fernet key, or a string of 16+ characters through scrypt),
+    or generated once and kept in ``<data-dir>/token-secret`` (mode 0600).
+
+    Raises:
+        SecretError: the secret is too short or empty, or its file is open to other users.
+    """
+    if configured is not None:
+        return _key_from(configured.strip(), "--token-secret / CNR_OCI_TOKEN_SECRET")
     path = Path(data_dir) / "token-secret"
-    if path.is_file():
-        return path.read_bytes().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = Fernet.generate_key()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(secret)
+    try:
+        if path.exists():
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:
+                raise SecretError(
+                    f"the token secret file {path} is open to other users (mode {mode:o}); "
+                    f"run: chmod 600 {path}"
+                )
+            return _key_from(path.read_text().strip(), f"the token secret file {path}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        secret = Fernet.generate_key()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secret)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SecretError(f"the token secret file {path}: {exc}") from exc
     log.warning(
         "generated a login-token secret in %s; several replicas need one shared secret "
         "(--token-secret / CNR_OCI_TOKEN_SECRET)", path,
@@ -146,11 +197,15 @@ def service_credentials(username: str | None, password: str | None, docker_confi
 
     path = Path(docker_config)
     config = docker.auth.load_config(str(path / "config.json") if path.is_dir() else str(path))
-    found = docker.auth.resolve_authconfig(config, registry_host)
-    if not found or not found.get("Username" if "Username" in found else "username"):
+    found = docker.auth.resolve_authconfig(config, registry_host) or {}
+    user = found.get("Username") or found.get("username")
+    identity_token = found.get("IdentityToken")
+    if identity_token:
+        # A refresh token for the registry's OAuth2 endpoint, not a password (docker login
+        # stores the user as "<token>", or none at all).
+        return Credentials(str(user or "<token>"), "", refresh_token=str(identity_token))
+    if not user:
         log.warning("no credentials for %s in the Docker config %s", registry_host, docker_config)
         return None
-    user = found.get("Username") or found.get("username")
-    secret = found.get("Password") or found.get("password") or found.get("IdentityToken") or ""
+    secret = found.get("Password") or found.get("password") or ""
     return Credentials(str(user), str(secret))
-

@@ -120,11 +120,22 @@ class Authenticator:
             self._tokens.pop((ident.key if ident else "", *self._bearer, scope), None)
 
     async def _fetch(self, realm: str, service: str, scopes: list[str], ident: Credentials | None) -> tuple[str, float]:
-        params = [("service", service)] if service else []
-        params += [("scope", s) for s in scopes]
-        headers = {"Authorization": ident.basic()} if ident is not None else {}
+        """A token for these scopes: by GET with Basic credentials (or none), or, for an identity
+        holding a refresh token (Docker's ``identitytoken``), by the OAuth2 ``refresh_token``
+        grant: a form POST to the realm (distribution's docs/spec/auth/oauth.md)."""
         try:
-            async with self._session.get(realm, params=params, headers=headers) as resp:
+            if ident is not None and ident.refresh_token:
+                form = {"grant_type": "refresh_token", "refresh_token": ident.refresh_token,
+                        "service": service, "client_id": "cnr-oci"}
+                if scopes:
+                    form["scope"] = " ".join(scopes)
+                request = self._session.post(realm, data=form)
+            else:
+                params = [("service", service)] if service else []
+                params += [("scope", s) for s in scopes]
+                headers = {"Authorization": ident.basic()} if ident is not None else {}
+                request = self._session.get(realm, params=params, headers=headers)
+            async with request as resp:
                 if resp.status in (401, 403):
                     raise TokenRefused(f"the token endpoint refused the credentials ({resp.status})")
                 if resp.status != 200:

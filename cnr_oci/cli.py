@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import getpass
+import ipaddress
 import logging
 import os
 import re
@@ -12,6 +15,7 @@ from dataclasses import fields
 from typing import Any, Callable, Mapping, Sequence
 
 from aiohttp import web
+from yarl import URL
 
 from cnr_oci import __version__
 from cnr_oci.settings import Settings
@@ -44,6 +48,17 @@ def _origins(value: str) -> tuple[str, ...]:
 def _upstream(value: str) -> str:
     if not re.match(r"^https?://[^/]+", value):
         raise argparse.ArgumentTypeError("--upstream must be an http:// or https:// URL")
+    try:
+        url = URL(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("--upstream is not a valid URL") from exc
+    if url.user is not None or url.password is not None or "@" in (url.raw_authority or ""):
+        # Every caller, anonymous or with a wrong password, would act as that user.
+        raise argparse.ArgumentTypeError(
+            "credentials in the --upstream URL are refused: every caller would act as that user. "
+            "Give cnr-oci its own credentials with --registry-username/--registry-password "
+            "(used only with --anonymous-read / --service-write)"
+        )
     return value.rstrip("/")
 
 
@@ -76,8 +91,10 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--cors-origin", "cors_origins", _origins, "comma-separated origins allowed by CORS (default none: off)"),
     ("--redis-url", "redis_url", str, "Redis for package locks shared by several replicas (default none)"),
     ("--cache-ttl", "cache_ttl", float, "seconds tag lists, the catalog and listings are cached (default 5)"),
+    ("--insecure-open", "insecure_open", _bool,
+     "serve the embedded registry on a non-loopback --host without users (anyone may push and delete)"),
 ]
-SWITCHES = {"anonymous_read", "service_write", "tls_insecure"}
+SWITCHES = {"anonymous_read", "service_write", "tls_insecure", "insecure_open"}
 
 
 def env_name(flag: str) -> str:
@@ -96,7 +113,76 @@ def build_parser() -> argparse.ArgumentParser:
                                help=f"{text}; env {env_name(flag)}=true")
         else:
             serve.add_argument(flag, dest=field, default=None, help=f"{text}; env {env_name(flag)}")
+    user = sub.add_parser("user", help="users of the embedded registry (<data-dir>/htpasswd)")
+    actions = user.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="add a user, or set a new password")
+    delete = actions.add_parser("delete", help="remove a user")
+    for p in (add, delete):
+        p.add_argument("name")
+        p.add_argument("--data-dir", dest="data_dir", default=None,
+                       help=f"data directory (default ./data); env {env_name('--data-dir')}")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     return parser
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses; any other name or address may be reachable."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _fail(message: str) -> int:
+    print(f"cnr-oci: {message}", file=sys.stderr)
+    return 2
+
+
+def user_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """``cnr-oci user add|delete NAME``: edit ``<data-dir>/htpasswd`` (bcrypt, mode 0600)."""
+    from cnr_oci.embedded import UserError, add_user, delete_user, htpasswd_path
+
+    data_dir = args.data_dir or environ.get(env_name("--data-dir")) or Settings.data_dir
+    path = htpasswd_path(data_dir)
+    try:
+        if args.action == "delete":
+            if not delete_user(data_dir, args.name):
+                return _fail(f"no user {args.name!r} in {path}")
+            print(f"removed {args.name} from {path}", file=sys.stderr)
+            return 0
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+        else:
+            password = getpass.getpass(f"password for {args.name}: ")
+            if getpass.getpass("again: ") != password:
+                return _fail("the passwords differ")
+        new = add_user(data_dir, args.name, password)
+    except (EOFError, KeyboardInterrupt):
+        return _fail("no password given")
+    except UserError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"{path}: {exc}")
+    print(f"{'added' if new else 'changed the password of'} {args.name} in {path}"
+          " (a running server sees it on the next request)", file=sys.stderr)
+    return 0
+
+
+def open_registry_refusal(settings: Settings) -> str | None:
+    """Why serve must not start: the embedded registry would be open for writes beyond loopback."""
+    from cnr_oci.embedded import htpasswd_path
+
+    if settings.upstream or is_loopback(settings.host) or settings.insecure_open:
+        return None
+    if htpasswd_path(settings.data_dir).is_file():
+        return None
+    return (
+        f"refusing to serve the embedded registry on {settings.host} without users: anyone could push "
+        f"and delete. Add a user with `cnr-oci user add NAME --data-dir {settings.data_dir}`, or pass "
+        "--insecure-open (CNR_OCI_INSECURE_OPEN=true) to serve it open on purpose"
+    )
 
 
 def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
@@ -112,21 +198,32 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
             try:
                 values[field] = convert(raw)
             except (ValueError, argparse.ArgumentTypeError) as exc:
-                raise SystemExit(f"cnr-oci: {flag} / {env_name(flag)}: {exc}") from exc
+                print(f"cnr-oci: {flag} / {env_name(flag)}: {exc}", file=sys.stderr)
+                raise SystemExit(2) from exc
     return Settings(**values)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = settings_from(args, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    if args.command == "user":
+        return user_command(args, environ)
+    settings = settings_from(args, environ)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     from cnr_oci.app import create_app
+    from cnr_oci.auth import SecretError
     from cnr_oci.embedded import RegistryNotInstalled
 
+    refusal = open_registry_refusal(settings)
+    if refusal:
+        return _fail(refusal)
+    if settings.insecure_open and open_registry_refusal(dataclasses.replace(settings, insecure_open=False)):
+        logging.getLogger("cnr_oci").warning(
+            "--insecure-open: the embedded registry is open on %s; anyone may push and delete", settings.host)
     listener = None
     if settings.tls_cert:
         listener = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -134,7 +231,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         web.run_app(create_app(settings), host=settings.host, port=settings.port, ssl_context=listener,
                     print=lambda msg: logging.getLogger("cnr_oci").info("%s", msg.strip()))
-    except RegistryNotInstalled as exc:
-        print(f"cnr-oci: {exc}", file=sys.stderr)
-        return 2
+    except (RegistryNotInstalled, SecretError) as exc:
+        return _fail(str(exc))
     return 0

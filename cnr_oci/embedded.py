@@ -5,7 +5,9 @@ Used by ``cnr-oci serve`` when no upstream is given, and by the test fixtures.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -40,8 +42,87 @@ http:
 {extra}"""
 
 
+HTPASSWD_CONFIG = """\
+auth:
+  htpasswd:
+    realm: cnr-oci
+    path: {path}
+"""
+# distribution 2.8 accepts only bcrypt entries; cost 10 is Go's bcrypt.DefaultCost, and the
+# registry pays it on every request that carries a password.
+BCRYPT_ROUNDS = 10
+_USERNAME = re.compile(r"^[^\s:#][^\s:]{0,254}$")
+
+
 class RegistryNotInstalled(RuntimeError):
     pass
+
+
+class UserError(ValueError):
+    """A user name or password the htpasswd file cannot take."""
+
+
+def htpasswd_path(data_dir: str | os.PathLike[str]) -> Path:
+    """The embedded registry's users: ``<data-dir>/htpasswd`` (``cnr-oci user add``)."""
+    return Path(data_dir) / "htpasswd"
+
+
+def _read_users(path: Path) -> list[tuple[str, str]]:
+    if not path.exists():
+        return []
+    users = []
+    for line in path.read_text().splitlines():
+        name, sep, hashed = line.strip().partition(":")
+        if sep and name and not name.startswith("#"):
+            users.append((name, hashed))
+    return users
+
+
+def _write_users(path: Path, users: list[tuple[str, str]]) -> None:
+    """Replace the file atomically, mode 0600 from the first byte."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.writelines(f"{name}:{hashed}\n" for name, hashed in users)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def add_user(data_dir: str | os.PathLike[str], name: str, password: str) -> bool:
+    """Add a user (or set a new password) in the htpasswd file; True when the user is new."""
+    import bcrypt
+
+    if not _USERNAME.match(name):
+        raise UserError("a user name is 1 to 255 characters, with no space or ':' and not starting with '#'")
+    secret = password.encode()
+    if not secret:
+        raise UserError("the password is empty")
+    if len(secret) > 72:
+        raise UserError("bcrypt takes at most 72 bytes of password")
+    hashed = bcrypt.hashpw(secret, bcrypt.gensalt(rounds=BCRYPT_ROUNDS)).decode()
+    path = htpasswd_path(data_dir)
+    users = _read_users(path)
+    new = all(n != name for n, _ in users)
+    _write_users(path, [(n, h) for n, h in users if n != name] + [(name, hashed)])
+    return new
+
+
+def delete_user(data_dir: str | os.PathLike[str], name: str) -> bool:
+    """Remove a user from the htpasswd file; False when there was no such user."""
+    path = htpasswd_path(data_dir)
+    users = _read_users(path)
+    kept = [(n, h) for n, h in users if n != name]
+    if len(kept) == len(users):
+        return False
+    _write_users(path, kept)
+    return True
 
 
 def free_port() -> int:
@@ -63,6 +144,7 @@ class EmbeddedRegistry:
         extra_config: str = "",
         log_path: str | None = None,
         tls: bool = False,
+        htpasswd: str | os.PathLike[str] | None = None,
     ) -> None:
         self.root = Path(data_dir)
         self.binary = binary
@@ -71,6 +153,7 @@ class EmbeddedRegistry:
         self.extra_config = extra_config
         self.log_path = log_path
         self.tls = tls  # extra_config carries http.tls; readiness is checked without verification
+        self.htpasswd = Path(htpasswd) if htpasswd is not None else None  # Basic auth from this file
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -88,12 +171,15 @@ class EmbeddedRegistry:
         storage = self.root / "registry"
         storage.mkdir(parents=True, exist_ok=True)
         config = self.root / "registry.yml"
+        extra = self.extra_config
+        if self.htpasswd is not None:
+            extra += HTPASSWD_CONFIG.format(path=json.dumps(str(self.htpasswd.resolve())))
         config.write_text(
             CONFIG.format(
                 root=storage.resolve(),
                 port=self.port,
                 delete="true" if self.delete_enabled else "false",
-                extra=self.extra_config,
+                extra=extra,
             )
         )
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL

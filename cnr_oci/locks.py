@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
 from cnr_oci import errors
+
+log = logging.getLogger(__name__)
 
 
 class PackageLocks:
@@ -15,6 +18,9 @@ class PackageLocks:
 
     Without Redis, only writes inside this process are serialised: several replicas are then
     safe from racing pushes only if the registry enforces tag immutability.
+
+    With Redis, the shared lock has a TTL (so a dead holder blocks others for at most ``ttl``),
+    and a live holder renews it every ``ttl / 3`` for as long as it holds it.
     """
 
     def __init__(self, redis: Any = None, ttl: float = 60.0, wait: float = 30.0) -> None:
@@ -41,10 +47,29 @@ class PackageLocks:
                 raise errors.UpstreamUnavailable(f"the lock store (Redis) failed: {type(exc).__name__}") from exc
             if not acquired:
                 raise errors.UpstreamUnavailable(f"timed out waiting for the lock on {repo}")
+            keeper = asyncio.create_task(self._keep(shared, repo))
             try:
                 yield
             finally:
+                keeper.cancel()
+                await asyncio.gather(keeper, return_exceptions=True)
                 try:
                     await shared.release()
-                except (LockError, RedisError):
-                    pass  # expired: the TTL bounds how long a dead holder blocks others
+                except (LockError, RedisError) as exc:
+                    log.warning("releasing the lock on %s failed (%s); it may have expired and been "
+                                "taken by another replica", repo, type(exc).__name__)
+
+    async def _keep(self, shared: Any, repo: str) -> None:
+        """Renew the lock's TTL every ttl/3 while it is held."""
+        from redis.exceptions import LockNotOwnedError, RedisError
+
+        while True:
+            await asyncio.sleep(self._ttl / 3)
+            try:
+                await shared.reacquire()
+            except LockNotOwnedError:
+                log.error("lost the lock on %s (it expired or was taken); writes to it are no longer "
+                          "exclusive", repo)
+                return
+            except RedisError as exc:
+                log.warning("renewing the lock on %s failed (%s); retrying", repo, type(exc).__name__)

@@ -35,3 +35,5 @@ class Settings:
     read_timeout: float = 30.0
     cache_ttl: float = 5.0
     registry_binary: str = "docker-registry"
+    # Security (see README "Security defaults").
+    insecure_open: bool = False

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import subprocess
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -12,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from cnr_oci.app import create_app
-from cnr_oci.embedded import EmbeddedRegistry
+from cnr_oci.embedded import EmbeddedRegistry, free_port
 from cnr_oci.settings import Settings
 
 
@@ -45,6 +47,24 @@ def own_registry(tmp_path: Path) -> Iterator[EmbeddedRegistry]:
     reg = start_registry(tmp_path)
     yield reg
     reg.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free 127.0.0.1 port; yields its URL."""
+    require_binary("redis-server")
+    require_binary("redis-cli")
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() != "PONG":
+        assert time.monotonic() < deadline and proc.poll() is None, "redis-server did not start"
+        time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from cnr_oci import cli
 from cnr_oci.embedded import free_port
 from cnr_oci.settings import Settings
-from tests.conftest import require_binary
+from tests.conftest import TEST_SECRET, require_binary
 
 
 def settings(argv, env=None):
@@ -101,7 +101,7 @@ def test_serve_with_tls_on_the_listener(tmp_path, registry):
 
     cert, key, _, _ = self_signed(tmp_path / "certs", "listener")
     port = free_port()
-    env = {**os.environ, "CNR_OCI_TOKEN_SECRET": "x"}
+    env = {**os.environ, "CNR_OCI_TOKEN_SECRET": TEST_SECRET}
     proc = subprocess.Popen([sys.executable, "-m", "cnr_oci", "serve", "--port", str(port), "--upstream", registry.url,
                              "--tls-cert", str(cert), "--tls-key", str(key)], stderr=subprocess.PIPE, env=env)
     try:

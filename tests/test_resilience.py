@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import aiohttp
 import pytest
@@ -17,7 +16,7 @@ from cnr_oci import appkeys
 from cnr_oci.embedded import free_port
 from cnr_oci.settings import Settings
 from tests import helpers
-from tests.conftest import TEST_SECRET, require_binary
+from tests.conftest import TEST_SECRET
 from tests.fake_upstream import make_proxy
 from tests.helpers import body, kpm, unique
 
@@ -118,23 +117,6 @@ async def test_registry_killed_during_100_concurrent_pushes(make_client, own_reg
 
 
 # -- two replicas sharing Redis ---------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    require_binary("redis-server")
-    require_binary("redis-cli")
-    port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() != "PONG":
-        assert time.monotonic() < deadline and proc.poll() is None, "redis-server did not start"
-        time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
 
 
 def start_replica(upstream: str, redis_url: str | None) -> tuple[subprocess.Popen, str]:

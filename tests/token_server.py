@@ -30,10 +30,13 @@ class TokenServer:
     answer_field: str = "token"
     lifetime: int = 300
     requests: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    refresh_tokens: dict[str, str] = field(default_factory=dict)  # refresh token -> user
+    grants: list[dict[str, str]] = field(default_factory=list)  # the forms of OAuth2 POSTs
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/token", self.token)
+        app.router.add_post("/token", self.oauth)
         return app
 
     def _user(self, request: web.Request) -> str | None:
@@ -61,16 +64,30 @@ class TokenServer:
     async def token(self, request: web.Request) -> web.Response:
         user = self._user(request)
         scopes = tuple(request.query.getall("scope", []))
+        return self._issue(user, scopes, request.query.get("service", SERVICE), self.answer_field)
+
+    async def oauth(self, request: web.Request) -> web.Response:
+        """The OAuth2 refresh-token grant (distribution docs/spec/auth/oauth.md); no other grant."""
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        self.grants.append(form)
+        if form.get("grant_type") != "refresh_token" or not form.get("client_id") or not form.get("service"):
+            raise web.HTTPBadRequest()
+        user = self.refresh_tokens.get(form.get("refresh_token", ""))
+        if user is None:
+            raise web.HTTPUnauthorized()
+        return self._issue(user, tuple(form.get("scope", "").split()), form["service"], "access_token")
+
+    def _issue(self, user: str | None, scopes: tuple[str, ...], service: str, answer_field: str) -> web.Response:
         self.requests.append((user or "", scopes))
         now = int(time.time())
         access = [g for s in scopes if (g := self._granted(user, s)) is not None]
         der = self.cert.public_bytes(serialization.Encoding.DER)  # type: ignore[attr-defined]
-        claims = {"iss": ISSUER, "sub": user or "", "aud": request.query.get("service", SERVICE),
+        claims = {"iss": ISSUER, "sub": user or "", "aud": service,
                   "exp": now + self.lifetime, "nbf": now - 10, "iat": now, "jti": secrets.token_hex(8),
                   "access": access}
         token = jwt.encode(claims, self.key, algorithm="RS256",  # type: ignore[arg-type]
                            headers={"x5c": [base64.b64encode(der).decode()]})
-        return web.json_response({self.answer_field: token, "expires_in": self.lifetime,
+        return web.json_response({answer_field: token, "expires_in": self.lifetime,
                                   "issued_at": dt.datetime.now(dt.timezone.utc).isoformat()})
 
 
