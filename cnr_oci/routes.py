@@ -50,6 +50,16 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status)
 
 
+async def _documents(data: Any) -> web.Response:
+    """Listings and manifest objects, which carry stored metadata (up to the registry's 4 MiB a
+    manifest, many at once): encoded in a worker thread, off the event loop."""
+    return web.Response(body=await asyncio.to_thread(_encode, data), content_type="application/json")
+
+
+def _encode(data: Any) -> bytes:
+    return json.dumps(data).encode()
+
+
 # -- E1, E2 -----------------------------------------------------------------------
 
 
@@ -148,7 +158,7 @@ async def list_packages(request: web.Request) -> web.Response:
     result = await _service(request).list_packages(
         namespace=q.get("namespace") or None, query=q.get("query") or None, media_type=_query_media_type(request)
     )
-    return _json(_paging(request, result))
+    return await _documents(_paging(request, result))
 
 
 async def search(request: web.Request) -> web.Response:
@@ -197,19 +207,19 @@ async def _push_slot(request: web.Request) -> AsyncIterator[None]:
 
 async def list_manifests(request: web.Request) -> web.Response:
     pkg = _package(request)
-    return _json(await _service(request).list_manifests(pkg, _query_media_type(request)))
+    return await _documents(await _service(request).list_manifests(pkg, _query_media_type(request)))
 
 
 async def release_manifests(request: web.Request) -> web.Response:
     pkg = _package(request)
     release = mapping.check_release(request.match_info["release"])
-    return _json(await _service(request).list_manifests(pkg, release=release))
+    return await _documents(await _service(request).list_manifests(pkg, release=release))
 
 
 async def show(request: web.Request) -> web.Response:
     pkg = _package(request)
     media_type = _media_type(request)
-    return _json(await _service(request).show(pkg, request.match_info["release"], media_type))
+    return await _documents(await _service(request).show(pkg, request.match_info["release"], media_type))
 
 
 async def delete_release(request: web.Request) -> web.Response:
