@@ -17,6 +17,7 @@ PUSH_REQUEST = "push-request"
 CNR_CONFIG = "cnr-config"
 CNR_MANIFEST = "cnr-manifest"
 CHANNEL = "channel"
+CHART = "chart"
 
 
 def _schema_dir() -> Path:
