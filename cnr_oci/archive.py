@@ -25,9 +25,11 @@ from cnr_oci import errors, mapping, schemas
 # levels; the cap keeps every later recursive walk (json.dumps, jsonschema, a read-back json.loads on the
 # event loop, whose stack is already dozens of frames deep) far from Python's recursion limit of 1000.
 MAX_DEPTH = 64
-# helm's own ceiling on a chart's decompressed size: MaxDecompressedChartSize = 100 MiB in helm's
-# pkg/chart/loader/archive.go (helm v3.x; the same limit sits in v4's pkg/chart/loader/archive). No chart
-# helm can load expands further, so the scanner never inflates more than this from any push.
+# helm's own ceiling on a chart's decompressed size: `var MaxDecompressedChartSize int64 = 100 * 1024 *
+# 1024` in helm's pkg/chart/loader/archive.go (recent helm 3 releases; helm 4 keeps it in
+# pkg/chart/loader/archive). No chart helm can load expands further, so the scanner never inflates more
+# than this from any push. (helm also has MaxDecompressedFileSize = 5 MiB a file; it is not applied here,
+# because the scan stops at Chart.yaml and never sees most files.)
 MAX_EXPANDED = 100 * 1024 * 1024
 # One pax record block ('x') or GNU long name/link ('L', 'K') is held whole in memory to be parsed. Real
 # ones carry a path (PATH_MAX is 4096) and a few times; 64 KiB is ample and stops a 1 GiB header.
@@ -42,8 +44,9 @@ MAX_SMALL_BODY = 64 * 1024
 MAX_MEMBERS = 10_000
 # Chart.yaml is read whole and parsed; real ones are a few KiB.
 MAX_CHART_YAML = 1024 * 1024
-# YAML events (scalars, collection starts and ends) in Chart.yaml: bounds the loader's work and objects.
-MAX_YAML_EVENTS = 100_000
+# YAML events (scalars, collection starts and ends) in Chart.yaml. Real ones have tens to a few hundred;
+# loading and schema-checking cost about 30 us an event, so this keeps a hostile one near 0.3 s.
+MAX_YAML_EVENTS = 10_000
 
 _BLOCK = 512
 _INFLATE_CHUNK = 64 * 1024
@@ -193,6 +196,7 @@ class _Inflater:
         self._z = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
         self._pending = b""  # compressed input to feed before the next slice of _src
         self._buf = bytearray()
+        self._off = 0  # _buf[:_off] is already handed out
         self.inflated = 0  # bytes produced so far
         self.consumed = 0  # bytes handed out (read or skipped) so far
 
@@ -224,15 +228,17 @@ class _Inflater:
                 self.inflated += len(out)
                 if self.inflated > MAX_EXPANDED + _INFLATE_CHUNK:
                     raise TarLimitError(f"blob expands beyond {MAX_EXPANDED} bytes", MAX_EXPANDED)
+                del self._buf[:self._off]  # once a chunk, not once a read
+                self._off = 0
                 self._buf += out
                 return True
 
     def read(self, n: int) -> bytes:
         """Up to n bytes; fewer only at the end of the data."""
-        while len(self._buf) < n and self._more():
+        while len(self._buf) - self._off < n and self._more():
             pass
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
+        out = bytes(self._buf[self._off:self._off + n])
+        self._off += len(out)
         self._count(len(out))
         return out
 
@@ -240,10 +246,10 @@ class _Inflater:
         """Discard up to n bytes without keeping them; returns how many were skipped."""
         done = 0
         while done < n:
-            if not self._buf and not self._more():
+            if len(self._buf) == self._off and not self._more():
                 break
-            take = min(n - done, len(self._buf))
-            del self._buf[:take]
+            take = min(n - done, len(self._buf) - self._off)
+            self._off += take
             done += take
         self._count(done)
         return done
@@ -438,11 +444,18 @@ class TarScanner:
                 return
 
 
+_HIGH_BYTES = bytes(range(128, 256))
+
+
 def _check_sum(block: bytes) -> None:
+    """The header checksum, summing bytes as unsigned or (old writers) as signed, as tarfile and Go do."""
     stored = _number(block[148:156], "checksum")
     unsigned = sum(block) - sum(block[148:156]) + 8 * 32
-    signed = unsigned - 256 * sum(1 for b in block[:148] + block[156:] if b > 127)
-    if stored not in (unsigned, signed):
+    if stored == unsigned:
+        return
+    rest = block[:148] + block[156:]
+    signed = unsigned - 256 * (len(rest) - len(rest.translate(None, _HIGH_BYTES)))
+    if stored != signed:
         raise TarFormatError("bad tar header checksum")
 
 
@@ -531,7 +544,7 @@ def load_chart_yaml(text: bytes) -> dict[str, Any]:
         raise _chart_error(f"Chart.yaml holds a value that cannot be read: {str(exc)[:200]}") from exc
     if not isinstance(chart, dict) or not chart.get("name"):
         raise _chart_error("Chart.yaml has no name")
-    problem = schemas.first_error(schemas.CHART, chart)
+    problem = schemas.first_error(schemas.CHART, chart, best=False)
     if problem:
         fld, msg = problem
         raise _chart_error(f"Chart.yaml field {fld or '(root)'!r}: {msg}", chart_field=fld)
