@@ -105,11 +105,11 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def _json_body(request: web.Request) -> Any:
-    raw = await request.read()
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise errors.InvalidUsage(f"the body is not JSON: {exc}") from exc
+    """A small JSON body (login's), size and nesting bounded, so it is fine to parse on the loop."""
+    limit = archive.MAX_SMALL_BODY
+    if request.content_length is not None and request.content_length > limit:
+        raise errors.PayloadTooLarge(f"the body exceeds the limit of {limit} bytes", {"limit": limit})
+    return archive.load_json(await request.read(), "body", max_bytes=limit)
 
 
 async def login(request: web.Request) -> web.Response:

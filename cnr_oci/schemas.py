@@ -17,6 +17,7 @@ PUSH_REQUEST = "push-request"
 CNR_CONFIG = "cnr-config"
 CNR_MANIFEST = "cnr-manifest"
 CHANNEL = "channel"
+CHART = "chart"
 
 
 def _schema_dir() -> Path:
@@ -39,9 +40,11 @@ def validator(name: str) -> jsonschema.protocols.Validator:
     return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
-def first_error(name: str, doc: Any) -> tuple[str, str] | None:
-    """(field path, message) of the first schema violation, or None."""
-    err = jsonschema.exceptions.best_match(validator(name).iter_errors(doc))
+def first_error(name: str, doc: Any, best: bool = True) -> tuple[str, str] | None:
+    """(field path, message) of the first schema violation, or None. best=False stops at the first
+    error found instead of ranking them all (for documents that may hold very many)."""
+    errs = validator(name).iter_errors(doc)
+    err = jsonschema.exceptions.best_match(errs) if best else next(errs, None)
     if err is None:
         return None
     field = ".".join(str(p) for p in err.absolute_path)

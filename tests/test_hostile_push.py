@@ -1,0 +1,125 @@
+"""Hostile push bodies through the app, against the real registry: each is a 4xx in the CNR shape,
+answered without a long stall, and the registry is left unchanged."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import json
+import time
+
+import pytest
+
+from cnr_oci import archive
+from tests import test_archive as bombs
+from tests.helpers import unique
+from tests.test_bad_input import API, expect_error, existing  # noqa: F401  (existing is a fixture)
+
+LOGIN = "/cnr/api/v1/users/login"
+B64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+
+
+def push_json(blob: bytes, media_type: str = "helm") -> dict[str, str]:
+    return {"blob": B64(blob), "release": "2.0.0", "media_type": media_type}
+
+
+def as_data(doc: dict[str, str]) -> dict[str, object]:
+    """A large JSON body as a stream (aiohttp warns on large raw bodies)."""
+    return {"data": io.BytesIO(json.dumps(doc).encode()), "headers": {"Content-Type": "application/json"}}
+
+
+def helm_chart(name: str, chart_yaml: str) -> bytes:
+    return bombs.chart_tgz(name, chart_yaml)
+
+
+async def hostile(client, registry, existing, status, code, seconds=3.0, **kw):
+    """POST to the existing package; assert status/code, the registry unchanged, and the time taken."""
+    start = time.perf_counter()
+    data = await expect_error(client, registry, existing, "POST", API + "/{pkg}", status, code, **kw)
+    assert time.perf_counter() - start < seconds
+    return data
+
+
+@pytest.mark.parametrize("media_type", ["helm", "kpm"])
+async def test_a_1_gib_pax_header_push_is_400(client, registry, existing, media_type):
+    data = await hostile(client, registry, existing, 400, "invalid-usage", **as_data(push_json(bombs.pax_bomb(), media_type)))
+    assert "extended header" in data["message"]
+    assert data["details"]["limit"] == archive.MAX_EXTENDED_HEADER
+
+
+async def test_a_gnu_long_name_bomb_push_is_400(client, registry, existing):
+    data = await hostile(client, registry, existing, 400, "invalid-usage", **as_data(push_json(bombs.longname_bomb())))
+    assert "extended header" in data["message"]
+
+
+async def test_a_million_member_chart_push_is_400(make_client, settings, registry, existing):
+    big = await make_client(dataclasses.replace(settings, max_body_size=16 * 1024 * 1024))
+    data = await hostile(big, registry, existing, 400, "invalid-usage", **as_data(push_json(bombs.many_members())))
+    assert str(archive.MAX_MEMBERS) in data["message"]
+
+
+@pytest.mark.parametrize("levels", [8, 9])
+async def test_a_yaml_alias_bomb_push_is_400_and_writes_nothing(client, registry, levels):
+    ns, _ = unique()
+    chart = helm_chart("demo", bombs.alias_bomb(levels))
+    # The package does not exist yet: the push must not create it.
+    data = await hostile(client, registry, (ns, "demo"), 400, "invalid-usage", json=push_json(chart))
+    assert "aliases" in data["message"]
+
+
+@pytest.mark.parametrize("field,value", [("sources", "5"), ("sources", "{a: 1}"), ("annotations", "[a, b]"),
+                                         ("annotations", "a string"), ("maintainers", "5")])
+async def test_chart_yaml_with_wrong_field_types_is_400_naming_the_field(client, registry, field, value):
+    ns, _ = unique()
+    chart = helm_chart("demo", f"apiVersion: v2\nname: demo\nversion: 2.0.0\n{field}: {value}\n")
+    data = await hostile(client, registry, (ns, "demo"), 400, "invalid-usage", json=push_json(chart))
+    assert field in data["message"]
+
+
+async def test_a_5001_digit_chart_version_is_400(client, registry):
+    ns, _ = unique()
+    chart = helm_chart("demo", "apiVersion: v2\nname: demo\nversion: " + "9" * 5001 + "\n")
+    await hostile(client, registry, (ns, "demo"), 400, "invalid-usage", json=push_json(chart))
+
+
+@pytest.mark.parametrize("case", ["sparse-0.1-map-not-integers", "sparse-1.0-truncated-map"])
+async def test_crafted_sparse_headers_are_400(client, registry, existing, case):
+    blob = bombs.gz(bombs.CRAFTED[case] + bytes(1024))
+    await hostile(client, registry, existing, 400, "invalid-usage", json=push_json(blob))
+
+
+async def test_deeply_nested_json_push_is_400(client, registry, existing):
+    raw = b"[" * 100_000 + b"]" * 100_000
+    data = await hostile(client, registry, existing, 400, "invalid-usage", data=raw,
+                         headers={"Content-Type": "application/json"})
+    assert str(archive.MAX_DEPTH) in data["message"]
+
+
+async def test_deeply_nested_metadata_is_400(client, registry, existing):
+    raw = json.dumps(push_json(bombs.helpers.kpm(), "kpm")).encode()[:-1] + b', "metadata": {"a": '
+    raw += b"[" * 100 + b"]" * 100 + b"}}"
+    data = await hostile(client, registry, existing, 400, "invalid-usage", data=raw,
+                         headers={"Content-Type": "application/json"})
+    assert str(archive.MAX_DEPTH) in data["message"]
+
+
+# 30,000 levels: past the recursion limit, under the login body limit.
+@pytest.mark.parametrize("depth", [archive.MAX_DEPTH + 1, 30_000])
+async def test_deeply_nested_json_login_is_400(client, depth):
+    resp = await client.post(LOGIN, data=b"[" * depth + b"]" * depth, headers={"Content-Type": "application/json"})
+    data = await resp.json()
+    assert resp.status == 400 and data["code"] == "invalid-usage" and data["error"]["code"] == "invalid-usage"
+    assert str(archive.MAX_DEPTH) in data["message"]
+
+
+async def test_an_oversized_login_body_is_413(client):
+    pad = "x" * (archive.MAX_SMALL_BODY + 1)
+    resp = await client.post(LOGIN, json={"user": {"username": "a", "password": pad}})
+    data = await resp.json()
+    assert resp.status == 413 and data["code"] == "payload-too-large"
+
+
+async def test_an_ordinary_login_still_works(client):
+    resp = await client.post(LOGIN, json={"user": {"username": "a", "password": "b"}})
+    assert resp.status == 200 and "token" in await resp.json()
