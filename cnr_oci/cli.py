@@ -11,8 +11,6 @@ import sys
 from dataclasses import fields
 from typing import Any, Callable, Mapping, Sequence
 
-from aiohttp import web
-
 from cnr_oci import __version__
 from cnr_oci.settings import Settings
 
@@ -74,6 +72,10 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--cors-origin", "cors_origins", _origins, "comma-separated origins allowed by CORS (default none: off)"),
     ("--redis-url", "redis_url", str, "Redis for package locks shared by several replicas (default none)"),
     ("--cache-ttl", "cache_ttl", float, "seconds tag lists, the catalog and listings are cached (default 5)"),
+    ("--max-connections", "max_connections", int,
+     "open client connections per process; idle ones are closed first, then new ones refused (default 1000)"),
+    ("--header-timeout", "header_timeout", float,
+     "seconds a client has to send a request's line and headers, and for the TLS handshake (default 10)"),
 ]
 SWITCHES = {"anonymous_read", "service_write", "tls_insecure"}
 
@@ -122,6 +124,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from cnr_oci import server
     from cnr_oci.app import create_app
     from cnr_oci.embedded import RegistryNotInstalled
 
@@ -129,9 +132,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if settings.tls_cert:
         listener = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         listener.load_cert_chain(settings.tls_cert, settings.tls_key)
+    limits = server.Limits(max_connections=settings.max_connections, header_timeout=settings.header_timeout)
     try:
-        web.run_app(create_app(settings), host=settings.host, port=settings.port, ssl_context=listener,
-                    print=lambda msg: logging.getLogger("cnr_oci").info("%s", msg.strip()))
+        server.run(create_app(settings), host=settings.host, port=settings.port, ssl_context=listener,
+                   limits=limits, announce=lambda msg: logging.getLogger("cnr_oci").info("%s", msg.strip()))
     except RegistryNotInstalled as exc:
         print(f"cnr-oci: {exc}", file=sys.stderr)
         return 2

@@ -33,3 +33,8 @@ class Settings:
     read_timeout: float = 30.0
     cache_ttl: float = 5.0
     registry_binary: str = "docker-registry"
+    # The HTTP edge (cnr_oci/server.py explains the numbers).
+    max_connections: int = 1000
+    header_timeout: float = 10.0
+    body_grace: float = 10.0
+    body_min_rate: float = 16 * 1024.0
