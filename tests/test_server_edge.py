@@ -109,7 +109,7 @@ async def test_slowloris_body_is_answered_408_and_closed_within_grace(settings):
             elapsed = time.monotonic() - start
             assert status == 408
             assert json.loads(data)["code"] == "invalid-usage"
-            assert GRACE - 0.1 <= elapsed < GRACE + 0.5, elapsed
+            assert GRACE - 0.1 <= elapsed < GRACE + 1.0, elapsed
             assert await closed_within(reader, 1.0), "connection kept open after 408"
         finally:
             dripping.cancel()
