@@ -7,11 +7,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 import statistics
 import sys
 import time
 from typing import AsyncIterator
 
+import aiohttp
 import aiohttp.http_exceptions
 import aiohttp.http_parser
 import aiohttp.web_protocol
@@ -34,14 +36,14 @@ async def echo(request: web.Request) -> web.Response:
 
 
 @contextlib.asynccontextmanager
-async def live(settings: Settings, limits: Limits) -> AsyncIterator[int]:
+async def live(settings: Settings, limits: Limits, tls: ssl.SSLContext | None = None) -> AsyncIterator[int]:
     """cnr-oci (plus POST /test/echo) behind LimitedRunner/LimitedSite; yields the port."""
     app = create_app(settings)
     app.router.add_post("/test/echo", echo)
     runner = LimitedRunner(app, limits=limits)
     await runner.setup()
     try:
-        site = LimitedSite(runner, "127.0.0.1", 0)
+        site = LimitedSite(runner, "127.0.0.1", 0, ssl_context=tls)
         await site.start()
         yield site.port
     finally:
@@ -181,6 +183,23 @@ async def test_partial_head_is_closed_after_the_header_timeout(settings):
             start = time.monotonic()
             assert await closed_within(reader, 2.0)
             assert time.monotonic() - start < 1.0
+
+
+async def test_a_stalled_tls_handshake_is_closed_after_the_header_timeout(settings, tmp_path):
+    from tests.certs import self_signed
+
+    cert, key, _, _ = self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    async with live(settings, Limits(header_timeout=0.5), tls) as port:
+        async with conn(port) as (reader, writer):  # TCP only, no ClientHello
+            start = time.monotonic()
+            assert await closed_within(reader, 3.0)
+            assert time.monotonic() - start < 1.5
+        client = ssl.create_default_context(cafile=str(cert))
+        async with aiohttp.ClientSession() as session:  # and the listener does serve TLS
+            async with session.get(f"https://127.0.0.1:{port}/healthz", ssl=client) as resp:
+                assert resp.status == 200
 
 
 async def test_idle_keep_alive_outlives_the_header_timeout(settings):
