@@ -14,7 +14,6 @@ import sys
 from dataclasses import fields
 from typing import Any, Callable, Mapping, Sequence
 
-from aiohttp import web
 from yarl import URL
 
 from cnr_oci import __version__
@@ -93,6 +92,10 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--cache-ttl", "cache_ttl", float, "seconds tag lists, the catalog and listings are cached (default 5)"),
     ("--insecure-open", "insecure_open", _bool,
      "serve the embedded registry on a non-loopback --host without users (anyone may push and delete)"),
+    ("--max-connections", "max_connections", int,
+     "open client connections per process; idle ones are closed first, then new ones refused (default 1000)"),
+    ("--header-timeout", "header_timeout", float,
+     "seconds a client has to send a request's line and headers, and for the TLS handshake (default 10)"),
 ]
 SWITCHES = {"anonymous_read", "service_write", "tls_insecure", "insecure_open"}
 
@@ -214,6 +217,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from cnr_oci import server
     from cnr_oci.app import create_app
     from cnr_oci.auth import SecretError
     from cnr_oci.embedded import RegistryNotInstalled
@@ -228,9 +232,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if settings.tls_cert:
         listener = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         listener.load_cert_chain(settings.tls_cert, settings.tls_key)
+    limits = server.Limits(max_connections=settings.max_connections, header_timeout=settings.header_timeout)
     try:
-        web.run_app(create_app(settings), host=settings.host, port=settings.port, ssl_context=listener,
-                    print=lambda msg: logging.getLogger("cnr_oci").info("%s", msg.strip()))
+        server.run(create_app(settings), host=settings.host, port=settings.port, ssl_context=listener,
+                   limits=limits, announce=lambda msg: logging.getLogger("cnr_oci").info("%s", msg.strip()))
     except (RegistryNotInstalled, SecretError) as exc:
         return _fail(str(exc))
     return 0

@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator
 
 from aiohttp import web
 
-from cnr_oci import __version__, appkeys, archive, errors, mapping
+from cnr_oci import __version__, appkeys, archive, errors, mapping, server
 from cnr_oci.app import STREAMING
 from cnr_oci.auth import IDENTITY, Credentials
 from cnr_oci.mapping import Package
@@ -107,9 +107,13 @@ async def readyz(request: web.Request) -> web.Response:
 async def _json_body(request: web.Request) -> Any:
     """A small JSON body (login's), size and nesting bounded, so it is fine to parse on the loop."""
     limit = archive.MAX_SMALL_BODY
-    if request.content_length is not None and request.content_length > limit:
-        raise errors.PayloadTooLarge(f"the body exceeds the limit of {limit} bytes", {"limit": limit})
-    return archive.load_json(await request.read(), "body", max_bytes=limit)
+    return archive.load_json(await _read_body(request, limit), "body", max_bytes=limit)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The body, bounded in size and in time (a slow body gets 408, see server.read_body)."""
+    settings = request.app[appkeys.SETTINGS]
+    return await server.read_body(request, limit, min_rate=settings.body_min_rate, grace=settings.body_grace)
 
 
 async def login(request: web.Request) -> web.Response:
@@ -177,7 +181,7 @@ async def push(request: web.Request) -> web.Response:
     service = _service(request)
     # Who is calling, and may they push here? Known before a byte of the body is read.
     async with service.push_rights(pkg) as session, _push_slot(request):
-        raw = await request.read()
+        raw = await _read_body(request, limit)
         # JSON, base64 and gzip/tar checks of a large push are CPU-bound: keep them off the loop.
         inp = await asyncio.to_thread(archive.parse_push, raw, request.query.get("force"), pkg)
         del raw

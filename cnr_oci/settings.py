@@ -37,3 +37,8 @@ class Settings:
     registry_binary: str = "docker-registry"
     # Security (see README "Security defaults").
     insecure_open: bool = False
+    # The HTTP edge (cnr_oci/server.py explains the numbers).
+    max_connections: int = 1000
+    header_timeout: float = 10.0
+    body_grace: float = 10.0
+    body_min_rate: float = 16 * 1024.0
