@@ -13,12 +13,11 @@ import bcrypt
 import pytest
 
 from cnr_oci import appkeys, auth, errors
-from cnr_oci.embedded import free_port
 from cnr_oci.settings import Settings
 from tests.certs import self_signed
 from tests.conftest import TEST_SECRET, start_registry
 from tests.helpers import body, kpm, unique
-from tests.token_server import TokenServer, token_config
+from tests.token_server import TokenServer, start_token_registry
 
 API = "/cnr/api/v1/packages"
 LOGIN = "/cnr/api/v1/users/login"
@@ -122,12 +121,9 @@ async def test_service_credentials_from_a_docker_config(make_client, htpasswd_re
 
 @pytest.fixture(scope="module")
 def token_env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("token")
-    cert_path, _, key, cert = self_signed(root / "certs", "token-signer")
-    port = free_port()
-    reg = start_registry(root, extra_config=token_config(f"http://127.0.0.1:{port}/token", str(cert_path)))
-    yield SimpleNamespace(registry=reg, port=port, key=key, cert=cert)
-    reg.stop()
+    env = start_token_registry(tmp_path_factory.mktemp("token"))
+    yield env
+    env.registry.stop()
 
 
 ACL = {

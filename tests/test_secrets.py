@@ -10,7 +10,6 @@ import logging
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import aiohttp
 import pytest
@@ -19,10 +18,9 @@ from cryptography.fernet import Fernet
 from cnr_oci import auth, cli
 from cnr_oci.embedded import free_port
 from cnr_oci.settings import Settings
-from tests.certs import self_signed
-from tests.conftest import TEST_SECRET, start_registry
+from tests.conftest import TEST_SECRET
 from tests.helpers import body, kpm, unique
-from tests.token_server import SERVICE, TokenServer, token_config
+from tests.token_server import SERVICE, TokenServer, start_token_registry
 
 API = "/cnr/api/v1/packages"
 
@@ -142,12 +140,9 @@ ACL = {"admin": {"*": {"pull", "push", "delete"}}, "robot": {"*": {"pull"}}}
 
 @pytest.fixture(scope="module")
 def oauth_env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("oauth")
-    cert_path, _, key, cert = self_signed(root / "certs", "token-signer")
-    port = free_port()
-    reg = start_registry(root, extra_config=token_config(f"http://127.0.0.1:{port}/token", str(cert_path)))
-    yield SimpleNamespace(registry=reg, port=port, key=key, cert=cert)
-    reg.stop()
+    env = start_token_registry(tmp_path_factory.mktemp("oauth"))
+    yield env
+    env.registry.stop()
 
 
 @pytest.fixture

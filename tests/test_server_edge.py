@@ -99,24 +99,30 @@ async def test_slowloris_body_is_answered_408_and_closed_within_grace(settings):
     async with live(settings, Limits()) as port, conn(port) as (reader, writer):
         writer.write(b"POST /test/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n")
         start = time.monotonic()
-
-        async def trickle() -> None:
-            for _ in range(100):
-                writer.write(b"x")
-                await asyncio.sleep(0.3)
-
-        dripping = asyncio.create_task(trickle())
-        try:
+        async with dripping(writer, b"x", 0.3):
             status, _, data = await response(reader, timeout=GRACE + 3)
             elapsed = time.monotonic() - start
             assert status == 408
             assert json.loads(data)["code"] == "invalid-usage"
             assert GRACE - 0.1 <= elapsed < GRACE + 1.0, elapsed
             assert await closed_within(reader, 1.0), "connection kept open after 408"
-        finally:
-            dripping.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await dripping
+
+
+@contextlib.asynccontextmanager
+async def dripping(writer: asyncio.StreamWriter, byte: bytes, interval: float) -> AsyncIterator[None]:
+    """A slowloris: one byte every interval, while the body of the with-block runs."""
+    async def trickle() -> None:
+        for _ in range(100):
+            writer.write(byte)
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(trickle())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await task
 
 
 async def test_read_body_passes_a_normal_body_and_rejects_oversized_ones(settings):
@@ -363,20 +369,9 @@ async def test_slow_push_and_login_bodies_get_408(make_client, registry, path):
     try:
         writer.write(f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n{{".encode())
         start = time.monotonic()
-
-        async def trickle() -> None:
-            for _ in range(100):
-                writer.write(b" ")
-                await asyncio.sleep(0.2)
-
-        dripping = asyncio.create_task(trickle())
-        try:
+        async with dripping(writer, b" ", 0.2):
             status, _, data = await response(reader, timeout=5)
             assert status == 408 and json.loads(data)["code"] == "invalid-usage"
             assert time.monotonic() - start < 3
-        finally:
-            dripping.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await dripping
     finally:
         writer.close()

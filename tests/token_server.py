@@ -12,10 +12,14 @@ import fnmatch
 import secrets
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 
 import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
+
+from cnr_oci.embedded import free_port
 
 SERVICE = "test-registry"
 ISSUER = "test-issuer"
@@ -99,3 +103,14 @@ def token_config(realm: str, rootcert: str) -> str:
     issuer: {ISSUER}
     rootcertbundle: {rootcert}
 """
+
+
+def start_token_registry(root: Path) -> SimpleNamespace:
+    """A real registry trusting a token server that is yet to be started on ``port``."""
+    from tests.certs import self_signed
+    from tests.conftest import start_registry
+
+    cert_path, _, key, cert = self_signed(root / "certs", "token-signer")
+    port = free_port()
+    reg = start_registry(root, extra_config=token_config(f"http://127.0.0.1:{port}/token", str(cert_path)))
+    return SimpleNamespace(registry=reg, port=port, key=key, cert=cert)
