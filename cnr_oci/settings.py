@@ -31,5 +31,10 @@ class Settings:
     # Not flags (yet): tuning with sensible defaults.
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    # Each registry call, retries included, answers within upstream_timeout seconds (0: no
+    # deadline); a blob stream slower than upstream_min_rate bytes/s over the window is cut.
+    upstream_timeout: float = 10.0
+    upstream_min_rate: int = 16 * 1024
+    upstream_rate_window: float = 10.0
     cache_ttl: float = 5.0
     registry_binary: str = "docker-registry"
