@@ -414,7 +414,8 @@ class OciClient:
             text = (await _read_some(resp, 4096)).decode("utf-8", "replace") if method != "HEAD" else ""
             resp.release()
             if attempt == 0:
-                self.auth.forget(ident, scope)
+                if auth:  # only a token we sent was refused; another may be a concurrent fetch's
+                    self.auth.forget(ident, scope)
                 try:
                     answer = await self.auth.answer(challenge, ident, scope, refused=auth)
                 except TokenRefused as exc:
