@@ -33,6 +33,7 @@ _REGISTRY_TO_CNR: list[tuple[type[oci.RegistryError], type[errors.CnrError]]] = 
     (oci.Denied, errors.Forbidden),
     (oci.NotFound, errors.ResourceNotFound),
     (oci.UnsupportedOperation, errors.Unsupported),
+    (oci.TooLarge, errors.PayloadTooLarge),
     (oci.TooManyRequests, errors.UpstreamUnavailable),
     (oci.RegistryUnavailable, errors.UpstreamUnavailable),
     (oci.InvalidResponse, errors.UpstreamBadGateway),
@@ -190,11 +191,15 @@ async def client_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     connector = aiohttp.TCPConnector(limit=100, ssl=_ssl_context(settings))
     # A deep read buffer keeps the upstream flowing while a chunk is written downstream.
+    # Bodies are taken as sent (digests are over them), so ask for no compression.
     async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False,
                                      cookie_jar=aiohttp.DummyCookieJar(),
+                                     headers={"Accept-Encoding": "identity"},
                                      read_bufsize=READ_BUFSIZE) as session:
         app[appkeys.SESSION] = session
-        client = OciClient(session, app[appkeys.UPSTREAM], metrics=app[appkeys.METRICS])
+        client = OciClient(session, app[appkeys.UPSTREAM], metrics=app[appkeys.METRICS],
+                           deadline=settings.upstream_timeout, min_rate=settings.upstream_min_rate,
+                           rate_window=settings.upstream_rate_window)
         app[appkeys.OCI] = client
         creds = await asyncio.to_thread(
             service_credentials, settings.registry_username, settings.registry_password,

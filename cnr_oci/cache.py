@@ -29,6 +29,12 @@ class LRU(Generic[K, V]):
         while len(self._data) > self.maxsize:
             self._data.popitem(last=False)
 
+    def pop(self, key: K) -> V | None:
+        return self._data.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
 
 class TTLCache(Generic[K, V]):
     """Entries live ``ttl`` seconds, and are dropped on our own writes."""

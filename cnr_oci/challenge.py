@@ -7,21 +7,25 @@ token is never sent on another caller's request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable
 
 import aiohttp
 
 from cnr_oci.auth import Credentials
+from cnr_oci.cache import LRU
 
 log = logging.getLogger(__name__)
 _PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 # The token spec: when expires_in is absent, a token lasts 60 seconds.
 DEFAULT_EXPIRY = 60
 MARGIN = 5
+MAX_ENTRIES = 10_000  # cached tokens (and Basic identities); the least recently used go first
+TokenKey = tuple[str, str, str, str]  # (identity, realm, service, scope)
 
 
 @dataclass(frozen=True)
@@ -63,20 +67,48 @@ class TokenUnavailable(Exception):
     """The token endpoint could not be reached or answered garbage."""
 
 
-class Authenticator:
-    """Turns challenges into Authorization headers, per identity."""
+@dataclass
+class _Held:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
 
-    def __init__(self, session: aiohttp.ClientSession, clock: Callable[[], float] = time.monotonic) -> None:
+
+class Authenticator:
+    """Turns challenges into Authorization headers, per identity.
+
+    Tokens live in an LRU of ``max_entries``; a lock per key exists only while someone
+    holds or waits for it, so N concurrent requests for one key fetch one token.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, clock: Callable[[], float] = time.monotonic,
+                 max_entries: int = MAX_ENTRIES) -> None:
         self._session = session
         self.clock = clock
-        self._tokens: dict[tuple[str, str, str, str], tuple[str, float]] = {}
-        self._locks: dict[tuple[str, str, str, str], asyncio.Lock] = {}
+        self._tokens: LRU[TokenKey, tuple[str, float]] = LRU(max_entries)
+        self._locks: dict[TokenKey, _Held] = {}
         self._bearer: tuple[str, str] | None = None  # (realm, service) learnt from the registry
-        self._basic: set[str] = set()  # identities the registry wants Basic from
+        self._basic: LRU[str, bool] = LRU(max_entries)  # identities the registry wants Basic from
+
+    @property
+    def sizes(self) -> tuple[int, int, int]:
+        """(tokens, locks, Basic identities) held now."""
+        return len(self._tokens), len(self._locks), len(self._basic)
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, key: TokenKey) -> AsyncIterator[None]:
+        held = self._locks.setdefault(key, _Held())
+        held.users += 1
+        try:
+            async with held.lock:
+                yield
+        finally:
+            held.users -= 1
+            if not held.users:
+                del self._locks[key]
 
     def cached(self, ident: Credentials | None, scope: str) -> str | None:
         """A header to send up front, so a request needs no 401 round trip."""
-        if ident is not None and ident.key in self._basic:
+        if ident is not None and self._basic.get(ident.key):
             return ident.basic()
         if self._bearer is None:
             return None
@@ -85,8 +117,12 @@ class Authenticator:
             return "Bearer " + item[0]
         return None
 
-    async def answer(self, header: str | None, ident: Credentials | None, path_scope: str) -> str | None:
+    async def answer(self, header: str | None, ident: Credentials | None, path_scope: str,
+                     refused: str | None = None) -> str | None:
         """The Authorization header that answers a challenge, or None when there is none to give.
+
+        A token another request fetched meanwhile is used, unless it is ``refused`` (the
+        header the registry just answered 401 to).
 
         Raises:
             TokenRefused: the token endpoint refused these credentials.
@@ -98,7 +134,7 @@ class Authenticator:
         if ch.scheme == "basic":
             if ident is None:
                 return None
-            self._basic.add(ident.key)
+            self._basic.put(ident.key, True)
             return ident.basic()
         if ch.scheme != "bearer" or "realm" not in ch.params:
             return None
@@ -106,18 +142,21 @@ class Authenticator:
         self._bearer = (realm, service)
         scope = " ".join(ch.scopes)
         key = (ident.key if ident else "", realm, service, scope)
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            token, expiry = await self._fetch(realm, service, ch.scopes, ident)
-            self._tokens[key] = (token, expiry)
+        async with self._locked(key):
+            item = self._tokens.get(key)
+            if item is not None and item[1] > self.clock() and "Bearer " + item[0] != refused:
+                token, expiry = item
+            else:
+                token, expiry = await self._fetch(realm, service, ch.scopes, ident)
+                self._tokens.put(key, (token, expiry))
             if path_scope and path_scope != scope:
-                self._tokens[(key[0], realm, service, path_scope)] = (token, expiry)
+                self._tokens.put((key[0], realm, service, path_scope), (token, expiry))
         return "Bearer " + token
 
     def forget(self, ident: Credentials | None, scope: str) -> None:
         """Drop a token the registry refused, so the next request fetches a fresh one."""
         if self._bearer is not None:
-            self._tokens.pop((ident.key if ident else "", *self._bearer, scope), None)
+            self._tokens.pop((ident.key if ident else "", *self._bearer, scope))
 
     async def _fetch(self, realm: str, service: str, scopes: list[str], ident: Credentials | None) -> tuple[str, float]:
         """A token for these scopes: by GET with Basic credentials (or none), or, for an identity

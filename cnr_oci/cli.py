@@ -68,6 +68,11 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--upstream", "upstream", _upstream,
      "OCI registry URL, http:// or https://; without it an embedded docker-registry is started"),
     ("--ca-file", "ca_file", str, "CA bundle for TLS to the upstream registry"),
+    ("--upstream-timeout", "upstream_timeout", float,
+     "seconds one registry call may take, retries included (default 10; 0: no limit)"),
+    ("--upstream-min-rate", "upstream_min_rate", parse_size,
+     "a blob stream from the registry slower than this many bytes/s over 10 s is cut off "
+     "(default 16KiB; 0: no limit)"),
     ("--repository-prefix", "repository_prefix", str,
      "prefix of every OCI repository, e.g. a Harbor project (default none)"),
     ("--data-dir", "data_dir", str, "data directory of the embedded registry (default ./data)"),

@@ -603,8 +603,7 @@ class PackageService:
         home = self._blob_home.get(digest)
         return home if home and home != repo else None
 
-    @staticmethod
-    def build_documents(pkg: Package, inp: PushInput, created: str) -> tuple[bytes, bytes]:
+    def build_documents(self, pkg: Package, inp: PushInput, created: str) -> tuple[bytes, bytes]:
         """(config blob, manifest) for a push: helm's own layout, or a CNR artifact."""
         layer_annotations = {mapping.ANN_TITLE: mapping.filename(pkg, inp.release)}
         if inp.chart is not None:
@@ -642,7 +641,17 @@ class PackageService:
         }
         if inp.chart is None:
             _check_written(schemas.CNR_MANIFEST, manifest)
-        return config, json.dumps(manifest, separators=(",", ":")).encode()
+        raw = json.dumps(manifest, separators=(",", ":")).encode()
+        # Refused before anything is uploaded: the registry takes no larger manifest (distribution:
+        # 4 MiB), and a config is read back under the same cap.
+        for what, doc in (("config", config), ("manifest", raw)):
+            if len(doc) > self.oci.max_manifest:
+                raise errors.PayloadTooLarge(
+                    f"the package's {what} would be {len(doc)} bytes, over the registry's limit of "
+                    f"{self.oci.max_manifest}: make its metadata (or Chart.yaml) smaller",
+                    {"field": "metadata", "limit": self.oci.max_manifest},
+                )
+        return config, raw
 
     async def delete(self, pkg: Package, release: str, media_type: str) -> dict[str, Any]:
         """Delete one exact (release, media type).

@@ -30,10 +30,15 @@ class Settings:
     tls_key: str | None = None
     cors_origins: tuple[str, ...] = ()
     redis_url: str | None = None
+    cache_ttl: float = 5.0
+    # Each registry call, retries included, answers within upstream_timeout seconds (0: no
+    # deadline); a blob stream slower than upstream_min_rate bytes/s over the window is cut.
+    upstream_timeout: float = 10.0
+    upstream_min_rate: int = 16 * 1024
     # Not flags (yet): tuning with sensible defaults.
+    upstream_rate_window: float = 10.0
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
-    cache_ttl: float = 5.0
     registry_binary: str = "docker-registry"
     # Security (see README "Security defaults").
     insecure_open: bool = False
