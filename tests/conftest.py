@@ -34,6 +34,15 @@ def start_registry(root: Path, **kwargs: Any) -> EmbeddedRegistry:
     return reg
 
 
+def start_htpasswd_registry(root: Path, users: dict[str, str]) -> EmbeddedRegistry:
+    """A registry that asks for Basic credentials of these users (bcrypt, as distribution needs)."""
+    import bcrypt
+
+    lines = [f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=4)).decode()}" for u, p in users.items()]
+    (root / "htpasswd").write_text("\n".join(lines) + "\n")
+    return start_registry(root, extra_config=f"auth:\n  htpasswd:\n    realm: test\n    path: {root / 'htpasswd'}\n")
+
+
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRegistry]:
     reg = start_registry(tmp_path_factory.mktemp("registry"))

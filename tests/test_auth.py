@@ -9,13 +9,12 @@ import logging
 import time
 from types import SimpleNamespace
 
-import bcrypt
 import pytest
 
 from cnr_oci import appkeys, auth, errors
 from cnr_oci.settings import Settings
 from tests.certs import self_signed
-from tests.conftest import TEST_SECRET, start_registry
+from tests.conftest import TEST_SECRET, start_htpasswd_registry, start_registry
 from tests.helpers import body, kpm, unique
 from tests.token_server import TokenServer, start_token_registry
 
@@ -39,10 +38,7 @@ async def login(client, user, password=None):
 
 @pytest.fixture(scope="module")
 def htpasswd_registry(tmp_path_factory):
-    root = tmp_path_factory.mktemp("htpasswd")
-    lines = [f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=4)).decode()}" for u, p in USERS.items()]
-    (root / "htpasswd").write_text("\n".join(lines) + "\n")
-    reg = start_registry(root, extra_config=f"auth:\n  htpasswd:\n    realm: test\n    path: {root / 'htpasswd'}\n")
+    reg = start_htpasswd_registry(tmp_path_factory.mktemp("htpasswd"), USERS)
     yield reg
     reg.stop()
 

@@ -23,7 +23,7 @@ from cnr_oci.challenge import Authenticator
 from cnr_oci.embedded import free_port
 from cnr_oci.settings import Settings
 from tests.certs import self_signed
-from tests.conftest import start_registry
+from tests.conftest import start_htpasswd_registry, start_registry
 from tests.fake_upstream import (RawServer, http_answer, make_gzip_proxy, make_recorder, make_redirecting_proxy,
                                  make_trickle_proxy)
 from tests import helpers
@@ -124,12 +124,7 @@ USERS = {"alice": "alice-pw-1"}
 
 @pytest.fixture(scope="module")
 def htpasswd_registry(tmp_path_factory):
-    import bcrypt
-
-    root = tmp_path_factory.mktemp("htpasswd-limits")
-    lines = [f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=4)).decode()}" for u, p in USERS.items()]
-    (root / "htpasswd").write_text("\n".join(lines) + "\n")
-    reg = start_registry(root, extra_config=f"auth:\n  htpasswd:\n    realm: test\n    path: {root / 'htpasswd'}\n")
+    reg = start_htpasswd_registry(tmp_path_factory.mktemp("htpasswd-limits"), USERS)
     yield reg
     reg.stop()
 
