@@ -629,6 +629,16 @@ def hostile_pushes(draw: st.DrawFn, kind: str | None = None) -> Push:
     return HOSTILE[kind or draw(st.sampled_from(sorted(HOSTILE)))](draw)
 
 
+CHANNEL = r"[a-zA-Z0-9][a-zA-Z0-9._-]{0,119}"
+# FINDING: "stable\n" is accepted and written as channel-stable (mapping._CHANNEL ends in "$").
+BAD_CHANNELS = ["stable\n", "-x", ".x", "_x", "a/b", "é", "a" * 121, "a b", "a+b", "a:b", "..", "a\x00"]
+channels = st.one_of(
+    st.sampled_from(["stable", "beta", "Stable-1.x"]),
+    st.from_regex(CHANNEL, fullmatch=True),
+    st.sampled_from(BAD_CHANNELS),
+)
+
+
 # -- the push state machine -------------------------------------------------------------
 
 WRITTEN: set[tuple[str, str]] = set()  # (repository, tag) of every 200 push in this module
@@ -675,6 +685,29 @@ class Pusher:
             assert helpers.catalog(self.registry_url) == repos_before, ctx
         if exists:
             self.check_stored(self.model[p.key], ctx, full=False)
+
+    def channel(self, key: tuple[str, str, str], channel: str) -> None:
+        """E16: a valid channel name gets the tag channel-<name> holding the release; any other, a 4xx
+        and no new tag."""
+        name, release, _ = key
+        repo = f"{self.ns}/{name}"
+        before = helpers.tags(self.registry_url, repo)
+        target = (f"/cnr/api/v1/packages/{repo}/channels/{urllib.parse.quote(channel, safe='')}/"
+                  f"{urllib.parse.quote(release, safe='')}")
+        status, data, _ = call(self.port, "POST", target)
+        valid = re.fullmatch(CHANNEL, channel) is not None
+        SEEN["channel" if valid else "bad-channel", status] += 1
+        ctx = f"channel {channel!r}: POST {target}\n-> {status} {data[:400]!r}"
+        assert status < 500, ctx
+        if valid:
+            assert status == 200, ctx
+            doc = strict_json(data)
+            assert (doc["name"], doc["current"]) == (channel, release) and release in doc["releases"], ctx
+            assert "channel-" + channel in helpers.tags(self.registry_url, repo), ctx
+        else:
+            assert 400 <= status < 500, ctx
+            assert_cnr_error(data, ctx)
+            assert helpers.tags(self.registry_url, repo) == before, ctx
 
     def get(self, path: str) -> tuple[int, bytes]:
         status, data, _ = call(self.port, "GET", f"/cnr/api/v1/packages/{self.ns}/{path}")
@@ -734,6 +767,12 @@ def push_machine(server: Any, registry_url: str) -> type[RuleBasedStateMachine]:
             key = data.draw(st.sampled_from(sorted(k for k in self.pusher.model if k[2] != "helm")))
             self.pusher.run(data.draw(valid_pushes(media_type=key[2], blob=self.pusher.model[key].blob)))
 
+        @precondition(lambda self: bool(self.pusher.model))
+        @rule(data=st.data())
+        def add_to_channel(self, data: st.DataObject) -> None:
+            key = data.draw(st.sampled_from(sorted(self.pusher.model)))
+            self.pusher.channel(key, data.draw(channels))
+
         @rule(p=hostile_pushes())
         def push_hostile(self, p: Push) -> None:
             self.pusher.run(p)
@@ -772,6 +811,14 @@ def test_hostile_push_is_a_clean_4xx(server, registry, kind):
         pusher.run(p)
 
     check()
+
+
+@pytest.mark.parametrize("channel", BAD_CHANNELS)
+def test_bad_channel_names_are_a_clean_4xx(server, registry, channel):
+    pusher = Pusher(server.port, registry.url, helpers.unique("fc")[0])
+    pusher.run(Push("valid", "app", json.dumps(helpers.body(helpers.kpm())).encode(), release="1.0.0",
+                    media_type="kpm", blob=helpers.kpm()))
+    pusher.channel(("app", "1.0.0", "kpm"), channel)
 
 
 def test_the_registry_stays_consistent_after_fuzzing(server, registry):
