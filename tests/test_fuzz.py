@@ -7,8 +7,12 @@ packages of 0 B to 2 MiB of content; helm with a real Chart.yaml, kpm, docker-co
 media types; strict SemVer 2.0 releases with prerelease and build metadata; metadata of every
 JSON-object shape) with duplicates and hostile bodies. Every 200 pulls back byte-identical (E12 raw
 and ?format=json, E13 by digest, E10 metadata); a duplicate without force is 409; every 4xx leaves
-the registry's own tag list as it was; nothing is a 5xx. At the end, at least MIN_RELEASES release
-tags must be in the registry (read directly, not through cnr-oci).
+the registry's own tag list as it was; nothing is a 5xx; releases are added to channels with valid
+and bad names. At the end, at least MIN_RELEASES release tags must be in the registry (read
+directly, not through cnr-oci). Each hostile kind also runs on its own (test_hostile_push_...).
+
+Kinds marked KNOWN_500 or FINDING below failed on the code this file was written against; they
+stay in the strategies on purpose, so this file fails until the server is fixed.
 """
 
 from __future__ import annotations
@@ -436,7 +440,7 @@ def _empty_tar(draw: st.DrawFn) -> Push:
     return _push("empty-tar", draw, _kpm_doc(draw, blob=base64.b64encode(raw).decode(), media_type=media_type))
 
 
-@hostile("deep-json")  # KNOWN_500: RecursionError in json.loads
+@hostile("deep-json")  # KNOWN_500: RecursionError in json.loads (fixed on h-archive)
 def _deep_json(draw: st.DrawFn) -> Push:
     depth = draw(st.sampled_from([10_000, 100_000]))
     base = _kpm_doc(draw)
@@ -555,17 +559,17 @@ def _chart_push(label: str, draw: st.DrawFn, yaml_text: str, expect: str = "4xx"
 
 
 CHART_HEAD = 'apiVersion: v2\nname: "{name}"\nversion: "{version}"\n'
-# Field types helm's chart.Metadata cannot hold; helm would refuse these charts.
+# Field types helm's chart.Metadata cannot hold; helm would refuse these charts (fixed on h-archive).
 WRONG_TYPES = {
     "sources-int": "sources: 5\n",  # KNOWN_500
     "sources-map": "sources: {{a: 1}}\n",  # KNOWN_500
     "annotations-list": "annotations: [a, b]\n",  # KNOWN_500
     "annotations-string": "annotations: x\n",  # KNOWN_500
-    "maintainers-int": "maintainers: 5\n",
-    "maintainers-strings": "maintainers: [bob]\n",
-    "description-map": "description: {{a: 1}}\n",
-    "keywords-int": "keywords: 5\n",
-    "dependencies-int": "dependencies: 5\n",
+    "maintainers-int": "maintainers: 5\n",  # KNOWN_500
+    "maintainers-strings": "maintainers: [bob]\n",  # KNOWN: 200 today
+    "description-map": "description: {{a: 1}}\n",  # KNOWN: 200 today
+    "keywords-int": "keywords: 5\n",  # KNOWN: 200 today
+    "dependencies-int": "dependencies: 5\n",  # KNOWN: 200 today
 }
 
 
@@ -575,7 +579,7 @@ def _chart_case(label: str, yaml_text: str) -> None:
 
 for _case, _tail in WRONG_TYPES.items():
     _chart_case(f"chart-wrong-type:{_case}", CHART_HEAD + _tail)
-# KNOWN_500: ValueError (Python's int digits limit) from the YAML loader.
+# KNOWN_500: ValueError (Python's int digits limit) from the YAML loader (fixed on h-archive).
 for _field in ("version", "appVersion", "x"):
     _head = CHART_HEAD.replace('version: "{version}"\n', "") if _field == "version" else CHART_HEAD
     _chart_case(f"chart-huge-integer:{_field}", _head + f"{_field}: {'1' * 5001}\n")
@@ -586,7 +590,8 @@ ALIAS_BOMB = "".join(
 )
 
 
-@hostile("chart-alias-bomb")  # KNOWN: accepted today (10^6 strings expanded into the config and annotations)
+# KNOWN: accepted today, 10^6 strings expanded into the config and annotations (fixed on h-archive).
+@hostile("chart-alias-bomb")
 def _chart_alias_bomb(draw: st.DrawFn) -> Push:
     where = draw(st.sampled_from(["keywords: *l5\n", "description: *l5\n", "sources: *l5\n"]))
     return _chart_push("chart-alias-bomb", draw, CHART_HEAD + ALIAS_BOMB + where)
@@ -802,13 +807,12 @@ def test_pushes_write_what_they_say_and_refusals_leave_nothing(server, registry)
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
 def test_hostile_push_is_a_clean_4xx(server, registry, kind):
     """Each hostile kind on its own, so one failing kind does not hide the others."""
-    pusher = Pusher(server.port, registry.url, helpers.unique("fh")[0])
 
     @settings(max_examples=4, deadline=None, derandomize=True, database=None, phases=[Phase.generate],
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
     @given(p=hostile_pushes(kind))
     def check(p: Push) -> None:
-        pusher.run(p)
+        Pusher(server.port, registry.url, helpers.unique("fh")[0]).run(p)  # replays write afresh
 
     check()
 
