@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -96,7 +97,7 @@ def load_json(raw: bytes | str, what: str = "body", max_bytes: int | None = None
     if max_bytes is not None and len(raw) > max_bytes:
         raise errors.PayloadTooLarge(f"the {what} exceeds the limit of {max_bytes} bytes", {"limit": max_bytes})
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
     except RecursionError as exc:
         raise errors.InvalidUsage(f"the {what} nests JSON deeper than {MAX_DEPTH} levels",
                                   {"limit": MAX_DEPTH}) from exc
@@ -105,6 +106,18 @@ def load_json(raw: bytes | str, what: str = "body", max_bytes: int | None = None
     if _depth_exceeds(doc, MAX_DEPTH):
         raise errors.InvalidUsage(f"the {what} nests JSON deeper than {MAX_DEPTH} levels", {"limit": MAX_DEPTH})
     return doc
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (RFC 8259); Python's json would store them as such."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is out of range for a JSON number")
+    return value
 
 
 def _depth_exceeds(doc: Any, limit: int) -> bool:

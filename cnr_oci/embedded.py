@@ -99,7 +99,7 @@ def add_user(data_dir: str | os.PathLike[str], name: str, password: str) -> bool
     """Add a user (or set a new password) in the htpasswd file; True when the user is new."""
     import bcrypt
 
-    if not _USERNAME.match(name):
+    if not _USERNAME.fullmatch(name):
         raise UserError("a user name is 1 to 255 characters, with no space or ':' and not starting with '#'")
     secret = password.encode()
     if not secret:

@@ -10,6 +10,7 @@ import semantic_version  # type: ignore[import-untyped]
 
 from cnr_oci import errors
 
+# Every pattern here is used with fullmatch: "$" alone also matches before a final newline.
 # The OCI distribution spec's path component grammar.
 _COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$")
 # SemVer 2.0, from semver.org (no leading zeros, no "v" prefix).
@@ -88,7 +89,7 @@ def parse_package(namespace: str, name: str, prefix: str = "") -> Package:
         InvalidUsage: the name is not a valid OCI path (it is never rewritten).
     """
     for label, part in (("namespace", namespace), ("name", name)):
-        if not _COMPONENT.match(part):
+        if not _COMPONENT.fullmatch(part):
             raise errors.InvalidUsage(
                 f"invalid package {label} {part!r}: it must match "
                 "[a-z0-9]+((.|_|__|-+)[a-z0-9]+)* (lowercase OCI repository path component)",
@@ -116,7 +117,7 @@ def package_from_repository(repository: str, prefix: str = "") -> Package | None
 
 
 def is_release(value: str) -> bool:
-    return len(value) <= MAX_TAG and bool(_SEMVER.match(value))
+    return len(value) <= MAX_TAG and bool(_SEMVER.fullmatch(value))
 
 
 def check_release(value: Any) -> str:
@@ -143,7 +144,7 @@ def tag_to_release(tag: str) -> str | None:
 
 def check_channel(name: str) -> str:
     """A channel name that fits in the tag channel-<name>."""
-    if not _CHANNEL.match(name):
+    if not _CHANNEL.fullmatch(name):
         raise errors.InvalidUsage(
             f"invalid channel name {name[:80]!r}: letters, digits, '.', '_' and '-', at most 120",
             {"channel": name[:200]},
@@ -156,7 +157,7 @@ def channel_tag(name: str) -> str:
 
 
 def channel_from_tag(tag: str) -> str | None:
-    if tag.startswith(CHANNEL_TAG_PREFIX) and _CHANNEL.match(tag[len(CHANNEL_TAG_PREFIX):]):
+    if tag.startswith(CHANNEL_TAG_PREFIX) and _CHANNEL.fullmatch(tag[len(CHANNEL_TAG_PREFIX):]):
         return tag[len(CHANNEL_TAG_PREFIX):]
     return None
 
@@ -167,10 +168,10 @@ def normalize_media_type(value: Any, allow_any: bool = False) -> str:
         raise errors.InvalidUsage("media_type must be a string", {"media_type": repr(value)[:80]})
     if allow_any and value == "-":
         return value
-    long = _LONG_MEDIA_TYPE.match(value)
+    long = _LONG_MEDIA_TYPE.fullmatch(value)
     if long:
         value = str(long.group(1))
-    if not _SHORT_MEDIA_TYPE.match(value):
+    if not _SHORT_MEDIA_TYPE.fullmatch(value):
         raise errors.InvalidUsage(
             f"invalid media type {value[:80]!r}: expected a short name such as helm or kpm",
             {"media_type": value[:200]},
@@ -179,7 +180,7 @@ def normalize_media_type(value: Any, allow_any: bool = False) -> str:
 
 
 def check_digest(value: str) -> str:
-    if not _HEX64.match(value):
+    if not _HEX64.fullmatch(value):
         raise errors.InvalidUsage(
             "invalid digest: expected 64 lowercase hex characters (sha256)", {"digest": value[:80]}
         )
@@ -236,7 +237,7 @@ def classify(manifest: dict[str, Any]) -> str | None:
     """
     art = manifest.get("artifactType")
     if isinstance(art, str):
-        m = _LONG_MEDIA_TYPE.match(art)
+        m = _LONG_MEDIA_TYPE.fullmatch(art)
         if m:
             return m.group(1)
     config = manifest.get("config") or {}
@@ -247,7 +248,7 @@ def classify(manifest: dict[str, Any]) -> str | None:
     if isinstance(layer_type, str):
         if layer_type == HELM_LAYER:
             return "helm"
-        m = _LONG_MEDIA_TYPE.match(layer_type)
+        m = _LONG_MEDIA_TYPE.fullmatch(layer_type)
         if m:
             return m.group(1)
     return None
@@ -257,7 +258,7 @@ def content_layer(manifest: dict[str, Any]) -> dict[str, Any] | None:
     """The layer that holds the package tarball."""
     for layer in manifest.get("layers") or []:
         mt = layer.get("mediaType", "") if isinstance(layer, dict) else ""
-        if isinstance(mt, str) and (mt in (HELM_LAYER, HELM_LEGACY_LAYER) or _LONG_MEDIA_TYPE.match(mt)):
+        if isinstance(mt, str) and (mt in (HELM_LAYER, HELM_LEGACY_LAYER) or _LONG_MEDIA_TYPE.fullmatch(mt)):
             return dict(layer)
     return None
 

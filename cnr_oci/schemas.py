@@ -5,9 +5,10 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jsonschema
 
@@ -32,12 +33,25 @@ def _schema_dir() -> Path:
     raise RuntimeError("cannot find the schemas/ directory; set CNR_OCI_SCHEMAS")
 
 
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[jsonschema.ValidationError]:
+    """The "pattern" keyword as JSON Schema (ECMA-262) means it. Python's "$" also matches before a
+    final newline, so "^1.0.0$" would let "1.0.0" plus a newline through; use the end of the string."""
+    if not validator.is_type(instance, "string"):
+        return
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    if re.search(pattern, instance) is None:
+        yield jsonschema.ValidationError(f"{instance[:100]!r} does not match {pattern!r}")
+
+
 @functools.cache
 def validator(name: str) -> jsonschema.protocols.Validator:
     schema = json.loads((_schema_dir() / f"{name}.schema.json").read_text())
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+    base = jsonschema.validators.validator_for(schema)
+    base.check_schema(schema)
+    cls = jsonschema.validators.extend(base, {"pattern": _pattern})  # type: ignore[no-untyped-call]
+    checked: jsonschema.protocols.Validator = cls(schema, format_checker=base.FORMAT_CHECKER)
+    return checked
 
 
 def first_error(name: str, doc: Any, best: bool = True) -> tuple[str, str] | None:

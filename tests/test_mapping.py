@@ -112,3 +112,20 @@ def test_digest_check():
     for bad in ["a" * 63, "g" * 64, "A" * 64, ""]:
         with pytest.raises(errors.InvalidUsage):
             mapping.check_digest(bad)
+
+
+@pytest.mark.parametrize("check, value", [
+    (mapping.check_release, "1.0.0\n"), (mapping.check_channel, "stable\n"),
+    (lambda v: mapping.parse_package(v, "app"), "ns\n"), (mapping.normalize_media_type, "kpm\n"),
+])
+def test_a_trailing_newline_is_not_a_valid_name(check, value):
+    with pytest.raises(errors.CnrError):
+        check(value)
+
+
+def test_schema_patterns_end_at_the_end_of_the_string():
+    from cnr_oci import schemas
+
+    doc = {"name": "stable", "current": "1.0.0", "releases": ["1.0.0"]}
+    assert schemas.first_error(schemas.CHANNEL, doc) is None
+    assert schemas.first_error(schemas.CHANNEL, {**doc, "name": "stable\n"})[0] == "name"
