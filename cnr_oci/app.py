@@ -7,6 +7,7 @@ import logging
 import ssl
 import time
 import uuid
+from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -15,7 +16,7 @@ from aiohttp.typedefs import Middleware
 
 from cnr_oci import appkeys, errors, oci
 from cnr_oci.auth import IDENTITY, TokenCodec, load_secret, parse_authorization, service_credentials
-from cnr_oci.embedded import EmbeddedRegistry
+from cnr_oci.embedded import EmbeddedRegistry, has_users, htpasswd_path
 from cnr_oci.oci import OciClient
 from cnr_oci.locks import PackageLocks
 from cnr_oci.metrics import Metrics
@@ -167,20 +168,32 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         app[appkeys.UPSTREAM] = settings.upstream
         yield
         return
-    from cnr_oci.embedded import htpasswd_path
-
     users = htpasswd_path(settings.data_dir)
     reg = EmbeddedRegistry(settings.data_dir, binary=settings.registry_binary,
-                           htpasswd=users if users.is_file() else None)
+                           htpasswd=users if has_users(users) else None)
     await asyncio.to_thread(reg.start)
     log.info("embedded docker-registry on %s, storage in %s, %s", reg.url, reg.root / "registry",
              f"users from {users}" if reg.htpasswd else "open to anyone who reaches cnr-oci")
     app[appkeys.EMBEDDED] = reg
     app[appkeys.UPSTREAM] = reg.url
+    watcher = asyncio.create_task(_close_when_users_appear(reg, users)) if reg.htpasswd is None else None
     try:
         yield
     finally:
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
         await asyncio.to_thread(reg.stop)
+
+
+async def _close_when_users_appear(reg: EmbeddedRegistry, users: Path, interval: float = 1.0) -> None:
+    """An open embedded registry is closed as soon as ``cnr-oci user add`` creates its first user:
+    distribution reads its auth section only at start, so it is restarted (same port) with it."""
+    while not await asyncio.to_thread(has_users, users):
+        await asyncio.sleep(interval)
+    reg.htpasswd = users
+    await asyncio.to_thread(reg.restart)
+    log.warning("users appeared in %s: the embedded registry now requires credentials", users)
 
 
 async def client_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -207,6 +220,9 @@ async def client_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         if creds is not None:
             app[appkeys.SERVICE_CREDENTIALS] = creds
+        elif settings.anonymous_read or settings.service_write:
+            log.warning("--anonymous-read and --service-write do nothing without service credentials "
+                        "(--registry-username or --docker-config)")
         redis: Any = None
         if settings.redis_url:
             from redis.asyncio import from_url

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from cnr_oci import errors
 
 log = logging.getLogger(__name__)
 TOKEN_PREFIX = "cnroci1."
+_FERNET_TOKEN = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 
 
 @dataclass(frozen=True)
@@ -78,10 +80,13 @@ class TokenCodec:
 
     def open(self, token: str) -> Credentials | None:
         """Raises Unauthorized when the token is altered, foreign or expired."""
+        body = token.removeprefix(TOKEN_PREFIX)
+        # Fernet's base64 decoding ignores what follows the padding: a token with characters added
+        # would still open. Only the exact token is accepted.
+        if len(body) % 4 or not _FERNET_TOKEN.fullmatch(body):
+            raise errors.Unauthorized("the token is invalid or expired; log in again")
         try:
-            payload = self._fernet.decrypt_at_time(
-                token.removeprefix(TOKEN_PREFIX).encode(), self.ttl, int(self.clock())
-            )
+            payload = self._fernet.decrypt_at_time(body.encode(), self.ttl, int(self.clock()))
             data = json.loads(payload)
             if data["u"] is None:
                 return None

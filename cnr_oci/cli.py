@@ -40,6 +40,23 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
 
 
+def _at_least(low: float, convert: Callable[[str], Any] = int, high: float | None = None) -> Callable[[str], Any]:
+    """A converter that refuses values below ``low`` (or above ``high``)."""
+    def check(value: str) -> Any:
+        n = convert(value)
+        if n < low or (high is not None and n > high):
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is out of range: at least {low:g}" + (f" and at most {high:g}" if high is not None else ""))
+        return n
+    return check
+
+
+def _log_level(value: str) -> str:
+    if value.lower() not in ("debug", "info", "warning", "error"):
+        raise argparse.ArgumentTypeError(f"expected debug, info, warning or error, not {value!r}")
+    return value.lower()
+
+
 def _origins(value: str) -> tuple[str, ...]:
     return tuple(o.strip() for o in value.split(",") if o.strip())
 
@@ -64,11 +81,11 @@ def _upstream(value: str) -> str:
 # (flag, settings field, parser, help)
 FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--host", "host", str, "address to listen on (default 127.0.0.1)"),
-    ("--port", "port", int, "port to listen on (default 5000)"),
+    ("--port", "port", _at_least(1, int, 65535), "port to listen on (default 5000)"),
     ("--upstream", "upstream", _upstream,
      "OCI registry URL, http:// or https://; without it an embedded docker-registry is started"),
     ("--ca-file", "ca_file", str, "CA bundle for TLS to the upstream registry"),
-    ("--upstream-timeout", "upstream_timeout", float,
+    ("--upstream-timeout", "upstream_timeout", _at_least(0, float),
      "seconds one registry call may take, retries included (default 10; 0: no limit)"),
     ("--upstream-min-rate", "upstream_min_rate", parse_size,
      "a blob stream from the registry slower than this many bytes/s over 10 s is cut off "
@@ -76,13 +93,13 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--repository-prefix", "repository_prefix", str,
      "prefix of every OCI repository, e.g. a Harbor project (default none)"),
     ("--data-dir", "data_dir", str, "data directory of the embedded registry (default ./data)"),
-    ("--max-body-size", "max_body_size", parse_size, "largest request body (default 64MiB)"),
-    ("--max-concurrent-pushes", "max_concurrent_pushes", int,
+    ("--max-body-size", "max_body_size", _at_least(1, parse_size), "largest request body (default 64MiB)"),
+    ("--max-concurrent-pushes", "max_concurrent_pushes", _at_least(1),
      "push bodies read and decoded at once; more wait up to 10 s, then get 503 (default 4)"),
-    ("--log-level", "log_level", str, "debug, info, warning or error (default info)"),
+    ("--log-level", "log_level", _log_level, "debug, info, warning or error (default info)"),
     ("--token-secret", "token_secret", str,
      "secret for login tokens; default: generated once into <data-dir>/token-secret"),
-    ("--token-ttl", "token_ttl", int, "lifetime of login tokens in seconds (default 43200)"),
+    ("--token-ttl", "token_ttl", _at_least(1), "lifetime of login tokens in seconds (default 43200)"),
     ("--registry-username", "registry_username", str, "cnr-oci's own registry user (service credentials)"),
     ("--registry-password", "registry_password", str, "cnr-oci's own registry password"),
     ("--docker-config", "docker_config", str,
@@ -94,12 +111,12 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--tls-key", "tls_key", str, "the private key of --tls-cert (PEM)"),
     ("--cors-origin", "cors_origins", _origins, "comma-separated origins allowed by CORS (default none: off)"),
     ("--redis-url", "redis_url", str, "Redis for package locks shared by several replicas (default none)"),
-    ("--cache-ttl", "cache_ttl", float, "seconds tag lists, the catalog and listings are cached (default 5)"),
+    ("--cache-ttl", "cache_ttl", _at_least(0, float), "seconds tag lists, the catalog and listings are cached (default 5)"),
     ("--insecure-open", "insecure_open", _bool,
      "serve the embedded registry on a non-loopback --host without users (anyone may push and delete)"),
-    ("--max-connections", "max_connections", int,
+    ("--max-connections", "max_connections", _at_least(1),
      "open client connections per process; idle ones are closed first, then new ones refused (default 1000)"),
-    ("--header-timeout", "header_timeout", float,
+    ("--header-timeout", "header_timeout", _at_least(0.1, float),
      "seconds a client has to send a request's line and headers, and for the TLS handshake (default 10)"),
 ]
 SWITCHES = {"anonymous_read", "service_write", "tls_insecure", "insecure_open"}
@@ -174,17 +191,17 @@ def user_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except OSError as exc:
         return _fail(f"{path}: {exc}")
     print(f"{'added' if new else 'changed the password of'} {args.name} in {path}"
-          " (a running server sees it on the next request)", file=sys.stderr)
+          " (a running cnr-oci serve sees it within a second)", file=sys.stderr)
     return 0
 
 
 def open_registry_refusal(settings: Settings) -> str | None:
     """Why serve must not start: the embedded registry would be open for writes beyond loopback."""
-    from cnr_oci.embedded import htpasswd_path
+    from cnr_oci.embedded import has_users, htpasswd_path
 
     if settings.upstream or is_loopback(settings.host) or settings.insecure_open:
         return None
-    if htpasswd_path(settings.data_dir).is_file():
+    if has_users(htpasswd_path(settings.data_dir)):
         return None
     return (
         f"refusing to serve the embedded registry on {settings.host} without users: anyone could push "
@@ -234,13 +251,20 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         logging.getLogger("cnr_oci").warning(
             "--insecure-open: the embedded registry is open on %s; anyone may push and delete", settings.host)
     listener = None
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        return _fail("--tls-cert and --tls-key go together")
     if settings.tls_cert:
         listener = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        listener.load_cert_chain(settings.tls_cert, settings.tls_key)
+        try:
+            listener.load_cert_chain(settings.tls_cert, settings.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            return _fail(f"--tls-cert / --tls-key: {exc}")
     limits = server.Limits(max_connections=settings.max_connections, header_timeout=settings.header_timeout)
     try:
         server.run(create_app(settings), host=settings.host, port=settings.port, ssl_context=listener,
                    limits=limits, announce=lambda msg: logging.getLogger("cnr_oci").info("%s", msg.strip()))
     except (RegistryNotInstalled, SecretError) as exc:
         return _fail(str(exc))
+    except OSError as exc:  # the port is taken, the address is not ours, the data dir is not writable
+        return _fail(f"cannot serve on {settings.host}:{settings.port}: {exc}")
     return 0

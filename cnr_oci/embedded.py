@@ -67,6 +67,14 @@ def htpasswd_path(data_dir: str | os.PathLike[str]) -> Path:
     return Path(data_dir) / "htpasswd"
 
 
+def has_users(path: Path) -> bool:
+    """Whether an htpasswd file names at least one user (an emptied one names none)."""
+    try:
+        return bool(_read_users(path))
+    except OSError:
+        return False
+
+
 def _read_users(path: Path) -> list[tuple[str, str]]:
     if not path.exists():
         return []
@@ -208,6 +216,11 @@ class EmbeddedRegistry:
                 self.stop()
                 raise RuntimeError(f"docker-registry did not answer on {self.url}/v2/ in {timeout}s")
             time.sleep(0.05)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port, with the current settings."""
+        self.stop()
+        self.start()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -230,7 +230,8 @@ def test_altered_or_foreign_tokens_are_refused():
     body_ = token[len(auth.TOKEN_PREFIX):]
     flipped = auth.TOKEN_PREFIX + body_[:20] + ("A" if body_[20] != "A" else "B") + body_[21:]
     other = auth.TokenCodec(auth.load_secret("another secret, 16+ characters", "/nonexistent"), ttl=60)
-    for bad in (flipped, other.issue(auth.Credentials("u", "p")), auth.TOKEN_PREFIX + "garbage"):
+    for bad in (flipped, other.issue(auth.Credentials("u", "p")), auth.TOKEN_PREFIX + "garbage",
+                token + "x", token + "xyz", token + "=", token + " x"):
         with pytest.raises(errors.Unauthorized):
             c.open(bad)
 

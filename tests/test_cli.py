@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -50,10 +51,41 @@ def test_sizes(text, size):
     assert cli.parse_size(text) == size
 
 
-@pytest.mark.parametrize("argv", [["--upstream", "ftp://x"], ["--port", "abc"], ["--max-body-size", "lots"]])
-def test_bad_values_exit_with_a_message(argv):
-    with pytest.raises(SystemExit):
+@pytest.mark.parametrize("argv", [
+    ["--upstream", "ftp://x"], ["--port", "abc"], ["--max-body-size", "lots"], ["--port", "70000"],
+    ["--port", "0"], ["--max-concurrent-pushes", "0"], ["--max-concurrent-pushes", "-1"],
+    ["--max-connections", "0"], ["--max-body-size", "0"], ["--log-level", "verbose"], ["--token-ttl", "0"],
+    ["--upstream-timeout", "-1"], ["--cache-ttl", "-3"], ["--header-timeout", "0"],
+])
+def test_bad_values_exit_with_a_message(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
         settings(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnr-oci: ") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--tls-key", "k.pem"], "--tls-cert and --tls-key go together"),
+    (["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"], "--tls-cert / --tls-key"),
+])
+def test_bad_tls_files_exit_with_a_message(tmp_path, extra, message):
+    proc = subprocess.run([sys.executable, "-m", "cnr_oci", "serve", "--upstream", "http://127.0.0.1:9",
+                           "--token-secret", TEST_SECRET, "--data-dir", str(tmp_path), *extra],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_busy_port_exits_with_a_message(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "cnr_oci", "serve", "--upstream", "http://127.0.0.1:9",
+                               "--port", str(port), "--token-secret", TEST_SECRET, "--data-dir", str(tmp_path)],
+                              capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and f"cannot serve on 127.0.0.1:{port}" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def wait_http(url, proc, timeout=20.0):

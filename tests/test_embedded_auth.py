@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -158,3 +159,25 @@ async def test_without_users_on_loopback_the_embedded_registry_stays_open(make_c
     require_binary("docker-registry")
     client = await make_client(Settings(data_dir=str(tmp_path)))
     assert (await client.post(f"{API}/{'/'.join(unique())}", json=body(kpm()))).status == 200
+
+
+async def test_the_first_user_closes_a_running_open_registry(make_client, tmp_path):
+    require_binary("docker-registry")
+    client = await make_client(Settings(data_dir=str(tmp_path)))
+    assert (await client.post(f"{API}/{'/'.join(unique())}", json=body(kpm()))).status == 200
+    assert user_add(tmp_path, "dora", "dora-pw-1").returncode == 0
+    for _ in range(100):  # the server notices within a second and restarts the registry with users
+        await asyncio.sleep(0.1)
+        resp = await client.post(f"{API}/{'/'.join(unique())}", json=body(kpm()))
+        if resp.status == 401:
+            break
+    assert resp.status == 401
+    assert (await login(client, "dora", "dora-pw-1"))[0] == 200
+
+
+def test_an_emptied_htpasswd_counts_as_no_users(tmp_path):
+    assert user_add(tmp_path, "erin", "erin-pw-1").returncode == 0
+    assert cnr_oci("user", "delete", "erin", "--data-dir", str(tmp_path)).returncode == 0
+    assert (tmp_path / "htpasswd").is_file()
+    refusal = cli.open_registry_refusal(Settings(host="0.0.0.0", data_dir=str(tmp_path)))
+    assert refusal is not None and "without users" in refusal
