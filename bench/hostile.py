@@ -420,8 +420,9 @@ class Ctx:
             return {}
         return {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
 
-    async def post(self, path: str, body: bytes, **kw: Any) -> Answer:
-        head = request_head("POST", path, self.port, {"Content-Type": "application/json", **self.auth()}, len(body))
+    async def post(self, path: str, body: bytes, headers: dict[str, str] | None = None, **kw: Any) -> Answer:
+        head = request_head("POST", path, self.port,
+                            {"Content-Type": "application/json", **self.auth(), **(headers or {})}, len(body))
         return await exchange(self.port, head, body, timeout=self.timeout, **kw)
 
 
@@ -522,6 +523,16 @@ def build_bombs(args: argparse.Namespace) -> list[Bomb]:
     depth = 100_000
     single("deep JSON push", f"{depth} x '[' as the push body", b"[" * depth, pkg("deepjson"))
     single("deep JSON login", f"{depth} x '[' as the login body", b"[" * depth, lambda ctx: LOGIN)
+
+    # A compressed request body: aiohttp would inflate it on the event loop before any handler.
+    size = (64 if q else 1024) * MiB
+    encoded = gzip_stream(zeros(size))
+
+    async def gzip_bodies(ctx: Ctx) -> Outcome:
+        return summarize(list(await asyncio.gather(*(
+            ctx.post(p, encoded, headers={"Content-Encoding": "gzip"}) for p in (LOGIN, API) * 4))))
+    bombs.append(Bomb("gzip-encoded bodies", f"8 x {len(encoded) / 1e6:.2f} MB bodies with Content-Encoding: gzip "
+                      f"({size // MiB} MiB inflated), to login and the package list", gzip_bodies, size=len(encoded)))
     single("deep JSON in blob field", f"push body {{\"blob\": {depth} x '['}}",
            b'{"release": "1.0.0", "media_type": "helm", "blob": ' + b"[" * depth + b"]" * depth + b"}",
            pkg("deepblob"))

@@ -72,9 +72,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             log.warning("aborting stream for %s %s: %s", request.method, request.path, exc)
             raise
         if isinstance(exc, oci.RegistryError):
-            log.warning("registry error on %s %s: %s; upstream said: %.300s",
-                        request.method, request.path, exc, exc.body)
-            exc = registry_to_cnr(exc, request)
+            cnr = registry_to_cnr(exc, request)
+            # A refusal (401, 403, 404) is the caller's business, and anyone can cause one: INFO,
+            # so an anonymous caller cannot flood the log at WARNING.
+            log.log(logging.WARNING if cnr.status >= 500 else logging.INFO,
+                    "registry error on %s %s: %s; upstream said: %.300s", request.method, request.path, exc, exc.body)
+            exc = cnr
         if isinstance(exc, errors.CnrError):
             return errors.render(exc, {**(CHALLENGE if exc.status == 401 else {}), **exc.headers})
         if isinstance(exc, web.HTTPException):
@@ -104,6 +107,19 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         route = info.canonical if info is not None else "unmatched"
         request.app[appkeys.METRICS].requests.labels(request.method, route, str(status)).observe(
             time.perf_counter() - start)
+
+
+@web.middleware
+async def encoding_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request bodies are JSON as sent: a Content-Encoding (gzip, deflate, br) is refused with 415
+    before anything is read, so no one makes the server inflate a bomb."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        err = errors.UnsupportedMediaType("compressed request bodies are not accepted; send the body "
+                                          "without Content-Encoding", {"content_encoding": encoding[:40]})
+        err.headers["Connection"] = "close"
+        raise err
+    return await handler(request)
 
 
 @web.middleware
@@ -258,7 +274,7 @@ def create_app(settings: Settings) -> web.Application:
     middlewares: list[Middleware] = []
     if settings.cors_origins:
         middlewares.append(cors_middleware(settings.cors_origins))
-    middlewares += [metrics_middleware, error_middleware, auth_middleware]
+    middlewares += [metrics_middleware, error_middleware, encoding_middleware, auth_middleware]
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_size)
     app[appkeys.SETTINGS] = settings
     app[appkeys.METRICS] = Metrics()

@@ -11,26 +11,38 @@ V = TypeVar("V")
 
 
 class LRU(Generic[K, V]):
-    """Bounded by entry count; for content-addressed values, which never go stale."""
+    """Bounded by entry count, and by total weight (bytes, say) when ``max_weight`` is set; for
+    content-addressed values, which never go stale."""
 
-    def __init__(self, maxsize: int) -> None:
-        self._data: OrderedDict[K, V] = OrderedDict()
+    def __init__(self, maxsize: int, max_weight: int | None = None) -> None:
+        self._data: OrderedDict[K, tuple[V, int]] = OrderedDict()
         self.maxsize = maxsize
+        self.max_weight = max_weight
+        self.weight = 0
 
     def get(self, key: K) -> V | None:
-        value = self._data.get(key)
-        if value is not None:
-            self._data.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V) -> None:
-        self._data[key] = value
+        item = self._data.get(key)
+        if item is None:
+            return None
         self._data.move_to_end(key)
-        while len(self._data) > self.maxsize:
-            self._data.popitem(last=False)
+        return item[0]
+
+    def put(self, key: K, value: V, weight: int = 1) -> None:
+        if self.max_weight is not None and weight > self.max_weight:
+            return  # larger than the whole cache: not kept
+        self.pop(key)
+        self._data[key] = (value, weight)
+        self.weight += weight
+        while len(self._data) > self.maxsize or (self.max_weight is not None and self.weight > self.max_weight):
+            _, (_, w) = self._data.popitem(last=False)
+            self.weight -= w
 
     def pop(self, key: K) -> V | None:
-        return self._data.pop(key, None)
+        item = self._data.pop(key, None)
+        if item is None:
+            return None
+        self.weight -= item[1]
+        return item[0]
 
     def __len__(self) -> int:
         return len(self._data)

@@ -35,7 +35,12 @@ storage:
     enabled: {delete}
   maintenance:
     uploadpurging:
-      enabled: false
+      # A push opens an upload session before its body is read (to prove push rights); a refused
+      # push cancels it, and distribution 2.8 still keeps a small stub of each: purge them.
+      enabled: true
+      age: 2h
+      interval: 1h
+      dryrun: false
 http:
   addr: 127.0.0.1:{port}
   secret: cnr-oci-embedded

@@ -547,18 +547,26 @@ class OciClient:
             return "exists"
         if session is not None and not session.used and session.location and not mount_from:
             session.used = True
-            location: str | None = session.location
-        else:
-            params = {"mount": digest, "from": mount_from} if mount_from else None
-            resp = await self._request(
-                "POST", f"/v2/{repo}/blobs/uploads/", expect=(201, 202), params=params
-            )
-            resp.release()
-            if resp.status == 201:
-                return "mounted"
-            location = resp.headers.get("Location")
+            try:
+                await self._put_blob(repo, digest, data, session.location)
+                return "uploaded"
+            except NotFound:  # the registry purged the session meanwhile (a very slow body)
+                log.info("upload session in %s expired; opening another", repo)
+        params = {"mount": digest, "from": mount_from} if mount_from else None
+        resp = await self._request(
+            "POST", f"/v2/{repo}/blobs/uploads/", expect=(201, 202), params=params
+        )
+        resp.release()
+        if resp.status == 201:
+            return "mounted"
+        location = resp.headers.get("Location")
         if not location:
             raise InvalidResponse("blob upload answered no Location")
+        await self._put_blob(repo, digest, data, location)
+        return "uploaded"
+
+    async def _put_blob(self, repo: str, digest: str, data: bytes, location: str) -> None:
+        """Finish an upload session in one PUT ?digest= (distribution has no monolithic POST)."""
         url = self._location(location).update_query({"digest": digest})
         resp = await self._request(
             "PUT",
@@ -569,7 +577,6 @@ class OciClient:
             what=f"PUT blob {repo}@{digest}",
         )
         resp.release()
-        return "uploaded"
 
     def _location(self, location: str) -> URL:
         """An upload Location, relative to the registry or absolute."""

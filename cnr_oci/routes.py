@@ -57,6 +57,10 @@ async def _documents(data: Any) -> web.Response:
 
 
 def _encode(data: Any) -> bytes:
+    """A list item by item: each json.dumps holds the GIL, so the event loop gets a turn between
+    items rather than after the whole listing (tens of MB when every release carries MiBs)."""
+    if isinstance(data, list):
+        return b"[" + b", ".join(json.dumps(item).encode() for item in data) + b"]"
     return json.dumps(data).encode()
 
 

@@ -24,6 +24,10 @@ ANN_MEDIA_TYPE = "vnd.cnr.package.media-type"
 # Requests to the registry one listing may have in flight at once.
 DEFAULT_FANOUT = 16
 EMPTY_JSON = b"{}"
+# Raw bytes of manifests, and of configs, kept parsed in memory (each cache).
+CACHE_BYTES = 32 * 1024 * 1024
+# Configs larger than this are parsed and schema-checked in a worker thread.
+OFF_LOOP = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,15 @@ def _refused(exc: oci.RegistryError, details: dict[str, Any]) -> errors.CnrError
     )
 
 
+def _parse_config(raw: bytes, schema: str, where: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise errors.UpstreamBadGateway(f"config {where} is not JSON") from exc
+    schemas.check_stored(schema, doc, where)
+    return doc  # type: ignore[no-any-return]
+
+
 def _channel_missing(pkg: Package, name: str) -> errors.CnrError:
     return errors.ChannelNotFound(f"channel {name} of {pkg.full} not found", {"package": pkg.full, "channel": name})
 
@@ -133,8 +146,9 @@ class PackageService:
         self._tag_digest: TTLCache[tuple[str, str, str], str] = TTLCache(cache_ttl)
         self._catalog: TTLCache[str, list[str]] = TTLCache(cache_ttl)
         self._summaries: TTLCache[tuple[str, str, str], dict[str, Any] | None] = TTLCache(cache_ttl)
-        self._manifests: LRU[str, oci.Manifest] = LRU(manifest_cache)
-        self._configs: LRU[str, dict[str, Any]] = LRU(manifest_cache)
+        # Weighed by raw bytes: one manifest or config may be 4 MiB (and parse to several times that).
+        self._manifests: LRU[str, oci.Manifest] = LRU(manifest_cache, max_weight=CACHE_BYTES)
+        self._configs: LRU[str, dict[str, Any]] = LRU(manifest_cache, max_weight=CACHE_BYTES)
         self._blob_home: LRU[str, str] = LRU(manifest_cache)
         self._fanout = asyncio.Semaphore(fanout or DEFAULT_FANOUT)
 
@@ -185,7 +199,7 @@ class PackageService:
             m = await self._bounded(self.oci.get_manifest(repo, digest or ref))
         except oci.NotFound:
             return None
-        self._manifests.put(m.digest, m)
+        self._manifests.put(m.digest, m, len(m.raw))
         if not ref.startswith("sha256:"):
             self._tag_digest.put((identity_key(), repo, ref), m.digest)
         return m
@@ -296,12 +310,12 @@ class PackageService:
         cached = self._configs.get(digest)
         if cached is None:
             raw = await self._bounded(self.oci.get_small_blob(repo, digest))
-            try:
-                cached = json.loads(raw)
-            except ValueError as exc:
-                raise errors.UpstreamBadGateway(f"config {digest} in {repo} is not JSON") from exc
-            schemas.check_stored(schema, cached, f"{repo}@{digest}")
-            self._configs.put(digest, cached)
+            where = f"{repo}@{digest}"
+            if len(raw) > OFF_LOOP:  # big metadata: parsing and checking it would stall the loop
+                cached = await asyncio.to_thread(_parse_config, raw, schema, where)
+            else:
+                cached = _parse_config(raw, schema, where)
+            self._configs.put(digest, cached, len(raw))
         return cached
 
     async def manifest_object(self, pkg: Package, e: Entry) -> dict[str, Any]:

@@ -112,3 +112,31 @@ async def test_connection_refused_is_registry_unavailable():
         c = oci.OciClient(session, f"http://127.0.0.1:{free_port()}", retries=2, backoff=0.01)
         with pytest.raises(oci.RegistryUnavailable):
             await c.tags("a/b")
+
+
+async def test_an_upload_session_the_registry_purged_is_replaced(client, registry):
+    r = repo()
+    session = await client.open_upload(r)
+    gone = oci.UploadSession(r, session.location)
+    await client.cancel_upload(session)  # as distribution's upload purging would
+    data = b"blob after a long wait"
+    assert await client.upload_blob(r, oci.sha256(data), data, session=gone) == "uploaded"
+    assert gone.used
+    assert await client.blob_exists(r, oci.sha256(data))
+
+
+def test_the_lru_is_bounded_by_weight_and_count():
+    from cnr_oci.cache import LRU
+
+    lru: LRU[str, str] = LRU(maxsize=10, max_weight=100)
+    for i in range(5):
+        lru.put(f"k{i}", "v", 30)
+    assert len(lru) == 3 and lru.weight == 90 and lru.get("k0") is None and lru.get("k4") == "v"
+    lru.put("huge", "v", 101)  # larger than the whole budget: not kept, nothing evicted for it
+    assert lru.get("huge") is None and len(lru) == 3
+    lru.put("k4", "w", 10)  # replacing re-weighs
+    assert lru.weight == 70 and lru.get("k4") == "w"
+    small: LRU[int, int] = LRU(maxsize=2)
+    for i in range(5):
+        small.put(i, i)
+    assert len(small) == 2 and small.get(4) == 4

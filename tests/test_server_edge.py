@@ -375,3 +375,19 @@ async def test_slow_push_and_login_bodies_get_408(make_client, registry, path):
             assert time.monotonic() - start < 3
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("path", ["/cnr/api/v1/users/login", "/cnr/api/v1/packages"])
+async def test_a_compressed_request_body_is_415_before_a_byte_of_it_is_read(settings, path):
+    """The answer comes while the (gzip) body has not even been sent: nothing was inflated."""
+    async with live(settings, Limits()) as port, conn(port) as (reader, writer):
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Encoding: gzip\r\n"
+                     f"Content-Length: {1 << 20}\r\n\r\n".encode() + b"\x1f\x8b")
+        status, _, data = await response(reader)
+        assert status == 415 and json.loads(data)["code"] == "invalid-usage"
+
+
+def test_the_server_never_inflates_request_bodies(settings):
+    """aiohttp inflates gzip/deflate bodies on the event loop, even unread ones being discarded."""
+    runner = LimitedRunner(create_app(settings))
+    assert runner._kwargs["auto_decompress"] is False
