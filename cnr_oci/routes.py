@@ -16,7 +16,7 @@ from cnr_oci.app import STREAMING
 from cnr_oci.auth import IDENTITY, Credentials
 from cnr_oci.mapping import Package
 from cnr_oci.oci import BlobStream
-from cnr_oci.service import PackageService
+from cnr_oci.service import PackageService, encode_json
 
 APPR_API_VERSION = "0.7.4"
 CNR_API_VERSION = "0.2.0"
@@ -53,15 +53,11 @@ def _json(data: Any, status: int = 200) -> web.Response:
 async def _documents(data: Any) -> web.Response:
     """Listings and manifest objects, which carry stored metadata (up to the registry's 4 MiB a
     manifest, many at once): encoded in a worker thread, off the event loop."""
-    return web.Response(body=await asyncio.to_thread(_encode, data), content_type="application/json")
+    return _json_bytes(await asyncio.to_thread(encode_json, data))
 
 
-def _encode(data: Any) -> bytes:
-    """A list item by item: each json.dumps holds the GIL, so the event loop gets a turn between
-    items rather than after the whole listing (tens of MB when every release carries MiBs)."""
-    if isinstance(data, list):
-        return b"[" + b", ".join(json.dumps(item).encode() for item in data) + b"]"
-    return json.dumps(data).encode()
+def _json_bytes(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
 
 
 # -- E1, E2 -----------------------------------------------------------------------
@@ -215,13 +211,13 @@ async def _push_slot(request: web.Request) -> AsyncIterator[None]:
 
 async def list_manifests(request: web.Request) -> web.Response:
     pkg = _package(request)
-    return await _documents(await _service(request).list_manifests(pkg, _query_media_type(request)))
+    return _json_bytes(await _service(request).list_manifests_json(pkg, _query_media_type(request)))
 
 
 async def release_manifests(request: web.Request) -> web.Response:
     pkg = _package(request)
     release = mapping.check_release(request.match_info["release"])
-    return await _documents(await _service(request).list_manifests(pkg, release=release))
+    return _json_bytes(await _service(request).list_manifests_json(pkg, release=release))
 
 
 async def show(request: web.Request) -> web.Response:

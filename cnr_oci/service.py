@@ -8,7 +8,7 @@ import json
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Iterable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 
 from cnr_oci import errors, mapping, oci, schemas
 from cnr_oci.auth import IDENTITY, Credentials, identity_key
@@ -103,6 +103,14 @@ def _refused(exc: oci.RegistryError, details: dict[str, Any]) -> errors.CnrError
     )
 
 
+def encode_json(data: Any) -> bytes:
+    """A list item by item: each json.dumps holds the GIL, so the event loop gets a turn between
+    items rather than after the whole listing (tens of MB when every release carries MiBs)."""
+    if isinstance(data, list):
+        return b"[" + b", ".join(json.dumps(item).encode() for item in data) + b"]"
+    return json.dumps(data).encode()
+
+
 def _parse_config(raw: bytes, schema: str, where: str) -> dict[str, Any]:
     try:
         doc = json.loads(raw)
@@ -151,6 +159,7 @@ class PackageService:
         self._configs: LRU[str, dict[str, Any]] = LRU(manifest_cache, max_weight=CACHE_BYTES)
         self._blob_home: LRU[str, str] = LRU(manifest_cache)
         self._fanout = asyncio.Semaphore(fanout or DEFAULT_FANOUT)
+        self._inflight: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
 
     # -- helpers ---------------------------------------------------------------
 
@@ -356,6 +365,31 @@ class PackageService:
         self, pkg: Package, media_type: str | None = None, release: str | None = None
     ) -> list[dict[str, Any]]:
         """E8 (every release) and E9 (one exact release)."""
+        return await self._list_manifests(pkg, media_type, release)
+
+    async def list_manifests_json(
+        self, pkg: Package, media_type: str | None = None, release: str | None = None
+    ) -> bytes:
+        """E8 and E9 as JSON bytes. Identical listings asked at once by one identity are built and
+        encoded once: with MiBs of metadata a release, each costs real memory and CPU."""
+        async def build() -> bytes:
+            return await asyncio.to_thread(encode_json, await self._list_manifests(pkg, media_type, release))
+
+        return await self._once(("manifests", identity_key(), self.repo(pkg), media_type, release), build)
+
+    async def _once(self, key: tuple[Any, ...], make: Callable[[], Awaitable[T]]) -> T:
+        """Single flight: concurrent callers with one key share one computation."""
+        running = self._inflight.get(key)
+        if running is None:
+            running = asyncio.ensure_future(make())
+            self._inflight[key] = running
+            running.add_done_callback(lambda _: self._inflight.pop(key, None))
+        result: T = await asyncio.shield(running)
+        return result
+
+    async def _list_manifests(
+        self, pkg: Package, media_type: str | None, release: str | None
+    ) -> list[dict[str, Any]]:
         releases = await self.releases(pkg)
         if release is not None:
             releases = [r for r in releases if r == release]

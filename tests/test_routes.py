@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import base64
 
 import pytest
@@ -307,3 +309,25 @@ async def test_metrics_and_a_warm_listing_asks_the_registry_nothing_per_package(
     assert after == before
     text = await (await client.get("/metrics")).text()
     assert 'route="/cnr/api/v1/packages"' in text
+
+
+async def test_identical_listings_asked_at_once_are_built_once(client):
+    from cnr_oci import appkeys
+
+    pkg = "/".join(unique())
+    for r in ("1.0.0", "1.1.0"):
+        assert (await client.post(f"{API}/{pkg}", json=body(kpm(), release=r))).status == 200
+    service = client.app[appkeys.SERVICE]
+    builds = 0
+    real = service._list_manifests
+
+    async def counting(*args, **kwargs):
+        nonlocal builds
+        builds += 1
+        await asyncio.sleep(0.2)  # long enough for the other callers to arrive
+        return await real(*args, **kwargs)
+
+    service._list_manifests = counting
+    answers = await asyncio.gather(*(client.get(f"{API}/{pkg}") for _ in range(5)))
+    bodies = [await a.json() for a in answers]
+    assert builds == 1 and all(b == bodies[0] for b in bodies) and len(bodies[0]) == 2
