@@ -155,7 +155,7 @@ def parse_push(raw: bytes, query_force: str | None, package: mapping.Package) ->
         cls = errors.InvalidRelease if fld == "release" else errors.InvalidUsage
         raise cls(f"invalid push body: field {fld or '(root)'!r}: {msg}", {"field": fld})
     release = mapping.check_release(body["release"])
-    media_type = mapping.normalize_media_type(body.get("media_type", "kpm"))
+    media_type = mapping.normalize_media_type(body.get("media_type") or "kpm")
     # The JSON body wins over the query string, except for force, which may be in either.
     force = parse_force(body.get("force")) or parse_force(query_force)
     blob = decode_blob(body["blob"])
@@ -493,12 +493,12 @@ def _is_chart_yaml(member: TarMember) -> bool:
 def inspect_tarball(data: bytes, media_type: str, package: mapping.Package) -> dict[str, Any] | None:
     """Check that data is a gzipped tar with members; for helm, return Chart.yaml.
 
-    For helm the scan stops at the first <dir>/Chart.yaml; for every other media type at the first
-    member, since the server never unpacks those.
+    For helm the scan stops at the first <dir>/Chart.yaml (or goes to the end, within the limits, to
+    find there is none: then it is not a chart, and None is returned); for every other media type it
+    stops at the first member, since the server never unpacks those.
 
     Raises:
-        InvalidUsage: not gzip, not tar, empty, a limit exceeded, no or a bad Chart.yaml.
-        InvalidParameters: the chart's name is not the package name (helm push needs it).
+        InvalidUsage: not gzip, not tar, empty, a limit exceeded, a bad Chart.yaml.
     """
     if data[:2] != b"\x1f\x8b":
         raise errors.InvalidUsage("blob is not gzip data (expected a .tar.gz)", {"field": "blob"})
@@ -522,18 +522,13 @@ def inspect_tarball(data: bytes, media_type: str, package: mapping.Package) -> d
         raise errors.InvalidUsage(f"blob is not a gzipped tar: {exc}", {"field": "blob"}) from exc
     if scanner.members == 0:
         raise errors.InvalidUsage("blob is an empty tar archive", {"field": "blob"})
-    if media_type != "helm":
+    if media_type != "helm" or chart_yaml is None:
+        # A "helm" tarball that is not a chart (operator-courier's operator bundles) is stored as
+        # it came, as a generic CNR artifact of media type helm: helm's layout needs a chart's config.
         return None
-    if chart_yaml is None:
-        raise errors.InvalidUsage("helm chart has no <chart>/Chart.yaml", {"field": "blob"})
-    chart = load_chart_yaml(chart_yaml)
-    if chart["name"] != package.name:
-        raise errors.InvalidParameters(
-            f"chart name {str(chart['name'])[:80]!r} differs from package name {package.name!r}; "
-            "helm requires the repository's last path segment to equal the chart name",
-            {"field": "blob", "package": package.full},
-        )
-    return chart
+    # The chart's name may differ from the package's: appr and Quay stored such charts, and real
+    # packages do (docs/storage.md says what helm then does with them).
+    return load_chart_yaml(chart_yaml)
 
 
 # -- Chart.yaml ---------------------------------------------------------------------------------------

@@ -330,12 +330,14 @@ class PackageService:
     async def manifest_object(self, pkg: Package, e: Entry) -> dict[str, Any]:
         """The CNR manifest object of one entry."""
         ann = e.manifest.get("annotations") or {}
-        created = ann.get(mapping.ANN_CREATED, "")
+        # For content cnr-oci did not write (helm push, ORAS): the manifest's created annotation,
+        # else null, never "".
+        created = ann.get(mapping.ANN_CREATED) or None
         metadata: Any = None
         if (e.manifest.get("config") or {}).get("mediaType") == mapping.CNR_CONFIG:
             cfg = await self._config(self.repo(pkg), e.manifest["config"], schemas.CNR_CONFIG)
             metadata = cfg.get("metadata")
-            created = created or cfg.get("created_at", "")
+            created = created or cfg.get("created_at") or None
         elif mapping.ANN_METADATA in ann:
             try:
                 metadata = json.loads(ann[mapping.ANN_METADATA])
@@ -470,9 +472,9 @@ class PackageService:
             return None
         kept = mapping.sort_releases({e.release for e in found})
         default = kept[0]
-        created = sorted(
-            str((e.manifest.get("annotations") or {}).get(mapping.ANN_CREATED, "")) for e in found
-        )
+        created: list[str | None] = [*sorted(
+            str(c) for e in found if (c := (e.manifest.get("annotations") or {}).get(mapping.ANN_CREATED))
+        )] or [None]
         return {
             "name": pkg.full,
             "namespace": pkg.namespace,

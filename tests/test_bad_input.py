@@ -119,17 +119,6 @@ async def test_bad_blobs_are_400(client, registry, existing, case):
     assert "blob" in data["message"]
 
 
-async def test_helm_chart_without_chart_yaml_is_400(client, registry, existing):
-    blob = helpers.tarball({"x/values.yaml": b"a: 1\n"})
-    await expect_error(client, registry, existing, "POST", API + "/{pkg}", 400, "invalid-usage",
-                       json=body(blob, "2.0.0", "helm"))
-
-
-async def test_helm_chart_named_differently_is_422(client, registry, existing):
-    await expect_error(client, registry, existing, "POST", API + "/{pkg}", 422, "invalid-parameters",
-                       json=body(chart("othername"), "2.0.0", "helm"))
-
-
 @pytest.mark.parametrize("raw", [b"not json", b"[1, 2]", b'"a string"', b"\xff\xfe"])
 async def test_body_not_a_json_object_is_400(client, registry, existing, raw):
     await expect_error(client, registry, existing, "POST", API + "/{pkg}", 400, "invalid-usage",

@@ -50,6 +50,12 @@ async def test_a_chart_pushed_with_helm_shows_up_through_cnr(client, registry, h
     manifests = await (await client.get(f"{API}/{ns}/{name}")).json()
     assert [(m["release"], m["content"]["digest"]) for m in manifests] == [("0.2.0", helpers.sha(tgz))]
     assert await (await client.get(f"{API}/{ns}/{name}/0.2.0/helm/pull")).read() == tgz
+    # helm 3.8.1 writes no org.opencontainers.image.created: the dates are null, never "".
+    manifest, _ = helpers.manifest(registry.url, f"{ns}/{name}", "0.2.0")
+    created = (manifest.get("annotations") or {}).get("org.opencontainers.image.created")
+    listed = await (await client.get(API, params={"namespace": ns})).json()
+    assert manifests[0]["created_at"] == created and listed[0]["created_at"] == created
+    assert listed[0]["updated_at"] == created and created is None
 
 
 async def test_helm_3_8_pulls_through_a_multi_type_index(client, registry, helm, tmp_path):
@@ -59,3 +65,15 @@ async def test_helm_3_8_pulls_through_a_multi_type_index(client, registry, helm,
     assert (await client.post(f"{API}/{ns}/{name}", json=body(kpm(), media_type="kpm"))).status == 200
     helm("pull", f"oci://{registry.host}/{ns}/{name}", "--version", "1.0.0", "-d", "out")
     assert (tmp_path / "out" / f"{name}-1.0.0.tgz").read_bytes() == tgz
+
+
+async def test_helm_pulls_a_chart_named_unlike_its_package(client, registry, helm, tmp_path):
+    """helm 3.8.1 pulls by reference and names the file after the repository, not the chart
+    (as docs/storage.md says); the bytes are the chart's."""
+    ns, name = unique()
+    tgz = chart("othername", "1.0.0")
+    assert (await client.post(f"{API}/{ns}/{name}", json=body(tgz, media_type="helm"))).status == 200
+    helm("pull", f"oci://{registry.host}/{ns}/{name}", "--version", "1.0.0", "-d", "out")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [f"{name}-1.0.0.tgz"]
+    assert (tmp_path / "out" / f"{name}-1.0.0.tgz").read_bytes() == tgz
+    assert "name: othername" in helm("show", "chart", f"oci://{registry.host}/{ns}/{name}", "--version", "1.0.0")

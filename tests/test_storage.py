@@ -138,3 +138,39 @@ async def test_helm_config_keeps_chart_yaml_fields(client, registry):
     assert ann["org.opencontainers.image.url"] == "https://example.com"
     assert ann["org.opencontainers.image.source"] == "https://example.com/src"
     assert ann["org.opencontainers.image.authors"] == "Ann (ann@example.com)"
+
+
+async def test_a_helm_push_that_is_not_a_chart_is_stored_as_a_generic_artifact(client, registry):
+    """operator-courier pushes operator bundles (no Chart.yaml) with media type helm."""
+    repo = "/".join(unique())
+    bundle = helpers.tarball({"bundle/bundle.yaml": b"data:\n  packages: []\n"})
+    await push(client, repo, bundle, media_type="helm")
+    m, _ = helpers.manifest(registry.url, repo, "1.0.0")
+    assert m["artifactType"] == mapping.artifact_type("helm")
+    assert m["config"]["mediaType"] == mapping.CNR_CONFIG
+    assert [layer["mediaType"] for layer in m["layers"]] == [mapping.layer_media_type("helm")]
+    shown = await (await client.get(f"{API}/{repo}/1.0.0/helm")).json()
+    assert shown["content"]["digest"] == sha(bundle)
+    assert await (await client.get(f"{API}/{repo}/1.0.0/helm/pull")).read() == bundle
+
+
+async def test_a_chart_named_unlike_its_package_is_stored_in_helms_layout(client, registry):
+    repo = "/".join(unique())
+    tgz = chart("othername", "2.0.0")
+    await push(client, repo, tgz, release="2.0.0", media_type="helm")
+    m, _ = helpers.manifest(registry.url, repo, "2.0.0")
+    assert m["config"]["mediaType"] == mapping.HELM_CONFIG and m["layers"][0]["mediaType"] == mapping.HELM_LAYER
+    config = json.loads(helpers.blob(registry.url, repo, m["config"]["digest"]))
+    assert config["name"] == "othername"
+    assert await (await client.get(f"{API}/{repo}/2.0.0/helm/pull")).read() == tgz
+
+
+@pytest.mark.parametrize("nulls", [{"manifest_name": None, "metadata": None},
+                                   {"media_type": None, "name": None, "package": None, "organization": None,
+                                    "force": None}])
+async def test_optional_fields_may_be_null_as_appr_and_cnr_send_them(client, registry, nulls):
+    repo = "/".join(unique())
+    blob = kpm()
+    resp = await client.post(f"{API}/{repo}", json={**body(blob, "1.0.0", "kpm"), **nulls})
+    assert resp.status == 200, await resp.text()
+    assert await (await client.get(f"{API}/{repo}/1.0.0/kpm/pull")).read() == blob
