@@ -153,9 +153,9 @@ def test_helm_push_and_every_pull_returns_the_pushed_bytes(cnr: Cnr, tmp_path: P
     assert got == blob and out["path"].endswith(f"{ns}_{name}_{digest[:8]}.tar.gz")
 
     # the JSON pull without --tarball extracts the chart
-    out = cnr.json("pull", "-t", "helm", f"{ref}@1.0.0", "--dest", str(tmp_path / "x"))
-    assert isinstance(out, dict)
-    assert (Path(out["path"]) / name / "values.yaml").read_bytes() == (chart / "values.yaml").read_bytes()
+    ext = cnr.json("pull", "-t", "helm", f"{ref}@1.0.0", "--dest", str(tmp_path / "x"))
+    assert isinstance(ext, dict)
+    assert (Path(ext["path"]) / name / "values.yaml").read_bytes() == (chart / "values.yaml").read_bytes()
 
     # raw pulls: `inspect` GETs .../pull and the blob route without format=json
     mark = len(cnr.rec.log)

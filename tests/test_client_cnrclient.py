@@ -92,9 +92,9 @@ def test_helm_push_and_every_pull_returns_the_pushed_bytes(cc: Cnr, tmp_path: Pa
     assert got == blob and out["version"] == "default"
     out, got = pull_tarball(cc, f"{ref}@sha256:{digest}", "helm", tmp_path / "digest")
     assert got == blob and out["path"].endswith(f"{ns}_{name}_{digest[:8]}.tar.gz")
-    out = cc.json("pull", "-t", "helm", f"{ref}@1.0.0", "--dest", str(tmp_path / "x"))
-    assert isinstance(out, dict)
-    assert (Path(out["path"]) / name / "values.yaml").read_bytes() == (chart / "values.yaml").read_bytes()
+    ext = cc.json("pull", "-t", "helm", f"{ref}@1.0.0", "--dest", str(tmp_path / "x"))
+    assert isinstance(ext, dict)
+    assert (Path(ext["path"]) / name / "values.yaml").read_bytes() == (chart / "values.yaml").read_bytes()
 
     mark = len(cc.rec.log)
     assert cc.ok("inspect", "-t", "helm", f"{ref}@1.0.0").split() == sorted(members(blob))
