@@ -349,6 +349,8 @@ def test_pull_every_form(appr: Appr, published: dict[str, Any], tmp_path: Path) 
     # inspect: the raw .tar.gz route; the tree and one file of the pushed blob.
     tree = appr.json("inspect", "-t", "helm", f"{appr.url}/{ref}@1.1.0")["output"]
     assert tree.split("\n") == sorted(members(blobs[(chart, "1.1.0")]))
+    by_digest = appr.json("inspect", "-t", "helm", f"{appr.url}/{ref}@sha256:{digest}")["output"]  # raw blob route
+    assert by_digest.split("\n") == sorted(members(blobs[(chart, "1.0.0")]))
     one = appr.ok("inspect", "-t", "helm", f"{appr.url}/{ref}@1.1.0", "-f", f"{chart}/values.yaml").stdout
     assert one.strip() == repr(CHART["values.yaml"])  # appr prints the bytes object on Python 3
 
