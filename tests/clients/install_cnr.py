@@ -11,12 +11,8 @@ if __package__ in (None, ""):
 
 from tests.clients.common import Edit, install
 
-NAME = "cnr"
-PACKAGES = ["cnr==0.4.1"]
-EDITS = [
-    Edit("cnrclient/commands/push.py", '"blob": base64.b64encode(kubefile.read())',
-         '"blob": base64.b64encode(kubefile.read()).decode()',
-         "b64encode returns bytes on Python 3, which json.dumps refuses; py2 str was text"),
+# cnr 0.4.1 grew out of cnrclient 0.3.5 and keeps its package name: these edits are the same in both.
+SHARED = [
     Edit("cnrclient/formats/helm/manifest_chart.py", "self.update(yaml.load(yamlstr))",
          "self.update(yaml.safe_load(yamlstr))", "PyYAML 6 yaml.load needs a Loader (reads Chart.yaml on push)"),
     Edit("cnrclient/auth.py", "self._tokens = yaml.load(tokenfile.read())",
@@ -25,14 +21,22 @@ EDITS = [
     Edit("cnrclient/config.py", "self._config = yaml.load(configfile.read())",
          "self._config = yaml.safe_load(configfile.read())",
          "PyYAML 6 yaml.load needs a Loader (reads ~/.cnr/config.yaml, the registry aliases)"),
-    Edit("cnrclient/commands/command_base.py", 'payload = {"message": exc.message}',
-         'payload = {"message": str(exc)}', "exceptions have no .message on Python 3 (every HTTP error path)"),
     Edit("cnrclient/commands/command_base.py", "raise parser.error(exc.message)",
          "raise parser.error(str(exc))", "exceptions have no .message on Python 3 (a malformed package name)"),
     Edit("cnrclient/commands/cli.py", "parser.error(exc.message)", "parser.error(str(exc))",
          "exceptions have no .message on Python 3 (the CLI's usage-error path)"),
     Edit("cnrclient/pack.py", "self.files[tf.name] = tf.read()", "self.files[m.name] = tf.read()",
          "a Python 3 extracted file object has no member name (.name is the archive's); py2's was the member's"),
+]
+
+NAME = "cnr"
+PACKAGES = ["cnr==0.4.1"]
+EDITS = SHARED + [
+    Edit("cnrclient/commands/push.py", '"blob": base64.b64encode(kubefile.read())',
+         '"blob": base64.b64encode(kubefile.read()).decode()',
+         "b64encode returns bytes on Python 3, which json.dumps refuses; py2 str was text"),
+    Edit("cnrclient/commands/command_base.py", 'payload = {"message": exc.message}',
+         'payload = {"message": str(exc)}', "exceptions have no .message on Python 3 (every HTTP error path)"),
     Edit("cnrclient/plugins/helm.py", "deps['dependencies'] = dict_deps.values()",
          "deps['dependencies'] = list(dict_deps.values())",
          "dict.values() is a view on Python 3, which yaml.safe_dump refuses (cnr helm dep)"),

@@ -10,30 +10,17 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.clients.common import Edit, install
+from tests.clients.install_cnr import SHARED
 
 NAME = "cnrclient"
 # cnrclient 0.3.5 imports yaml without declaring it (appr-on-python3.md).
 PACKAGES = ["cnrclient==0.3.5 pyyaml"]
-EDITS = [
+EDITS = SHARED + [
     Edit("cnrclient/commands/push.py", '"blob": base64.b64encode(kubefile.read())}',
          '"blob": base64.b64encode(kubefile.read()).decode()}',
          "b64encode returns bytes on Python 3, which json.dumps refuses; py2 str was text"),
-    Edit("cnrclient/formats/helm/manifest_chart.py", "self.update(yaml.load(yamlstr))",
-         "self.update(yaml.safe_load(yamlstr))", "PyYAML 6 yaml.load needs a Loader (reads Chart.yaml on push)"),
-    Edit("cnrclient/auth.py", "self._tokens = yaml.load(tokenfile.read())",
-         "self._tokens = yaml.safe_load(tokenfile.read())",
-         "PyYAML 6 yaml.load needs a Loader (reads ~/.cnr/auths.yaml once logged in)"),
-    Edit("cnrclient/config.py", "self._config = yaml.load(configfile.read())",
-         "self._config = yaml.safe_load(configfile.read())",
-         "PyYAML 6 yaml.load needs a Loader (reads ~/.cnr/config.yaml on every client start)"),
     Edit("cnrclient/commands/command_base.py", "raise argparse.ArgumentTypeError(exc.message)",
          "raise argparse.ArgumentTypeError(str(exc))", "exceptions have no .message on Python 3 (every HTTP error path)"),
-    Edit("cnrclient/commands/command_base.py", "raise parser.error(exc.message)",
-         "raise parser.error(str(exc))", "exceptions have no .message on Python 3 (a malformed package name)"),
-    Edit("cnrclient/commands/cli.py", "parser.error(exc.message)", "parser.error(str(exc))",
-         "exceptions have no .message on Python 3 (the CLI's usage-error path)"),
-    Edit("cnrclient/pack.py", "self.files[tf.name] = tf.read()", "self.files[m.name] = tf.read()",
-         "a Python 3 extracted file object has no member name (.name is the archive's); py2's was the member's"),
     Edit("cnrclient/pack.py", "files = self.files.keys()", "files = list(self.files.keys())",
          "dict.keys() is a view with no .sort() on Python 3 (cnr inspect --tree)"),
 ]
