@@ -204,6 +204,8 @@ def push(courier: Path, tmp_path: Path, url: str, src: Path, ns: str, repo: str,
 def test_courier_push_is_pulled_back_byte_identical_as_olm_reads_it(courier, live_server, recorder, tmp_path):
     ns, repo = helpers.unique("oc")
     src = bundle_dir(tmp_path, repo)
+    verify = common.run(courier, "operator-courier", "verify", "--ui_validate_io", str(src), home=tmp_path)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
     token = quay_token("alice", live_server.users["alice"])
     proc = push(courier, tmp_path, recorder.url, src, ns, repo, "0.1.0", token)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -265,3 +267,5 @@ def test_courier_push_with_a_bad_token_gets_401_before_the_body(courier, live_se
     assert exc.value.code == 401
     err = json.loads(exc.value.read())
     assert err["error"]["code"] == "unauthorized-access"  # the nested object courier reads
+    log = live_server.log_path.read_text()
+    assert "wrong-password" not in log and bad.split()[1] not in log  # the token is never logged

@@ -143,6 +143,11 @@ async def test_helm_push_is_listed_and_pulled_through_cnr_byte_identical(client,
     assert await (await client.get(f"{API}/{ns}/{name}/0.2.0/helm/pull")).read() == tgz
     data = await (await client.get(f"{API}/{ns}/{name}/0.2.0/helm/pull", params={"format": "json"})).json()
     assert base64.b64decode(data["blob"]) == tgz
+    # helm 4 writes org.opencontainers.image.created, helm 3.8.1 does not: CNR's dates follow it.
+    manifest, _ = helpers.manifest(registry.url, f"{ns}/{name}", "0.2.0")
+    created = (manifest.get("annotations") or {}).get("org.opencontainers.image.created")
+    assert (created is None) == (helm.version == "3")  # type: ignore[attr-defined]
+    assert listed[0]["created_at"] == manifests[0]["created_at"] == created
 
 
 @pytest.mark.parametrize("kind", ["plain", "rich"])
