@@ -591,6 +591,26 @@ _STRING_FIELDS = {
 }
 _STRING_LISTS = {"sources", "keywords"}
 _MAINTAINER_FIELDS = ["name", "email", "url"]
+# helm's chart.Dependency fields in struct order, and whether each is omitempty (name and repository are not).
+_DEPENDENCY_FIELDS = [("name", False), ("version", True), ("repository", False), ("condition", True),
+                      ("tags", True), ("enabled", True), ("import-values", True), ("alias", True)]
+_DEPENDENCY_STRINGS = {"name", "version", "repository", "condition", "alias"}
+
+
+def _dependency(dep: Any) -> Any:
+    """One entry of dependencies as helm marshals its Dependency struct (unknown keys dropped)."""
+    if not isinstance(dep, dict):
+        return dep
+    out: dict[str, Any] = {}
+    for key, omitempty in _DEPENDENCY_FIELDS:
+        value = dep.get(key)
+        if key in _DEPENDENCY_STRINGS:
+            value = _go_string(value)
+        elif key == "tags" and isinstance(value, list):
+            value = [_go_string(v) for v in value]
+        if not (omitempty and _omitempty(value)):
+            out[key] = value
+    return out
 
 
 def _omitempty(value: Any) -> bool:
@@ -625,6 +645,8 @@ def helm_config(chart: dict[str, Any]) -> bytes:
                 {k: _go_string(m[k]) for k in _MAINTAINER_FIELDS if isinstance(m, dict) and not _omitempty(m.get(k))}
                 for m in value
             ]
+        elif key == "dependencies" and isinstance(value, list):
+            value = [_dependency(d) for d in value]
         elif key in _STRING_FIELDS and value is not None:
             value = _go_string(value)
         elif key in _STRING_LISTS and isinstance(value, list):
