@@ -145,28 +145,35 @@ def test_helm_push_and_every_pull_returns_the_pushed_bytes(cnr: Cnr, tmp_path: P
     assert shown[0]["metadata"] == body["metadata"]
     assert "1.0.0" in cnr.ok("show", ref) and digest in cnr.ok("show", ref, "-w")
 
-    out, got = pull_tarball(cnr, f"{ref}@1.0.0", "helm", tmp_path / "exact")
+    check_helm_pulls(cnr, ref, blob, chart, tmp_path, prefix="/cnr")
+    assert "marker" in cnr.ok("inspect", "-t", "helm", f"{ref}@1.0.0", "-f", f"{name}/values.yaml")
+
+
+def check_helm_pulls(cli: Cnr, ref: str, blob: bytes, chart: Path, tmp_path: Path, prefix: str) -> None:
+    """Pulls of release 1.0.0 of ref (ns/name) by version, default and digest, as a tarball and
+    extracted, and the raw pulls of `inspect`: every one gives the pushed bytes."""
+    ns, name = ref.rsplit("/", 2)[-2:]
+    digest = hashlib.sha256(blob).hexdigest()
+    out, got = pull_tarball(cli, f"{ref}@1.0.0", "helm", tmp_path / "exact")
     assert got == blob and out["path"].endswith(f"{ns}_{name}_1.0.0.tar.gz")
-    out, got = pull_tarball(cnr, ref, "helm", tmp_path / "default")
+    out, got = pull_tarball(cli, ref, "helm", tmp_path / "default")
     assert got == blob and out["version"] == "default"
-    out, got = pull_tarball(cnr, f"{ref}@sha256:{digest}", "helm", tmp_path / "digest")
+    out, got = pull_tarball(cli, f"{ref}@sha256:{digest}", "helm", tmp_path / "digest")
     assert got == blob and out["path"].endswith(f"{ns}_{name}_{digest[:8]}.tar.gz")
 
     # the JSON pull without --tarball extracts the chart
-    ext = cnr.json("pull", "-t", "helm", f"{ref}@1.0.0", "--dest", str(tmp_path / "x"))
+    ext = cli.json("pull", "-t", "helm", f"{ref}@1.0.0", "--dest", str(tmp_path / "x"))
     assert isinstance(ext, dict)
     assert (Path(ext["path"]) / name / "values.yaml").read_bytes() == (chart / "values.yaml").read_bytes()
 
     # raw pulls: `inspect` GETs .../pull and the blob route without format=json
-    mark = len(cnr.rec.log)
-    tree = cnr.ok("inspect", "-t", "helm", f"{ref}@1.0.0")
-    assert tree.split() == sorted(members(blob))
-    cnr.ok("inspect", "-t", "helm", f"{ref}@sha256:{digest}")
-    raw = [e for e in cnr.rec.since(mark) if e.method == "GET"]
-    assert [e.path for e in raw] == [f"/cnr/api/v1/packages/{ns}/{name}/1.0.0/helm/pull",
-                                     f"/cnr/api/v1/packages/{ns}/{name}/blobs/sha256/{digest}"]
+    mark = len(cli.rec.log)
+    assert cli.ok("inspect", "-t", "helm", f"{ref}@1.0.0").split() == sorted(members(blob))
+    cli.ok("inspect", "-t", "helm", f"{ref}@sha256:{digest}")
+    raw = [e for e in cli.rec.since(mark) if e.method == "GET"]
+    assert [e.path for e in raw] == [f"{prefix}/api/v1/packages/{ns}/{name}/1.0.0/helm/pull",
+                                     f"{prefix}/api/v1/packages/{ns}/{name}/blobs/sha256/{digest}"]
     assert all(e.status == 200 and e.response == blob for e in raw)
-    assert "marker" in cnr.ok("inspect", "-t", "helm", f"{ref}@1.0.0", "-f", f"{name}/values.yaml")
 
 
 def test_non_helm_push_sends_nulls_and_is_stored(cnr: Cnr, tmp_path: Path) -> None:

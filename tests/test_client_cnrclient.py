@@ -18,7 +18,7 @@ import yaml
 from tests.clients.install_cnrclient import main as install_cnrclient
 from tests.clients.recorder import Recorder
 from tests.conftest import LIVE_USERS, LiveServer
-from tests.test_client_cnr import Cnr, make_chart, make_compose, members, uniq
+from tests.test_client_cnr import Cnr, check_helm_pulls, make_chart, make_compose, members, uniq
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -86,23 +86,7 @@ def test_helm_push_and_every_pull_returns_the_pushed_bytes(cc: Cnr, tmp_path: Pa
     assert digest == hashlib.sha256(blob).hexdigest()
     assert digest in cc.ok("show", ref, "-w")
 
-    _, got = pull_tarball(cc, f"{ref}@1.0.0", "helm", tmp_path / "exact")
-    assert got == blob
-    out, got = pull_tarball(cc, ref, "helm", tmp_path / "default")
-    assert got == blob and out["version"] == "default"
-    out, got = pull_tarball(cc, f"{ref}@sha256:{digest}", "helm", tmp_path / "digest")
-    assert got == blob and out["path"].endswith(f"{ns}_{name}_{digest[:8]}.tar.gz")
-    ext = cc.json("pull", "-t", "helm", f"{ref}@1.0.0", "--dest", str(tmp_path / "x"))
-    assert isinstance(ext, dict)
-    assert (Path(ext["path"]) / name / "values.yaml").read_bytes() == (chart / "values.yaml").read_bytes()
-
-    mark = len(cc.rec.log)
-    assert cc.ok("inspect", "-t", "helm", f"{ref}@1.0.0").split() == sorted(members(blob))
-    cc.ok("inspect", "-t", "helm", f"{ref}@sha256:{digest}")
-    raw = [e for e in cc.rec.since(mark) if e.method == "GET"]
-    assert [e.path for e in raw] == [f"/api/v1/packages/{ns}/{name}/1.0.0/helm/pull",
-                                     f"/api/v1/packages/{ns}/{name}/blobs/sha256/{digest}"]
-    assert all(e.status == 200 and e.response == blob for e in raw)
+    check_helm_pulls(cc, ref, blob, chart, tmp_path, prefix="")
 
 
 def test_docker_compose_push_with_null_metadata(cc: Cnr, tmp_path: Path) -> None:
