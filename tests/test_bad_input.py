@@ -11,7 +11,7 @@ import pytest
 from yarl import URL
 
 from tests import helpers
-from tests.helpers import body, chart, kpm, unique
+from tests.helpers import body, kpm, unique
 
 API = "/cnr/api/v1/packages"
 B64 = lambda data: base64.b64encode(data).decode()  # noqa: E731

@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import aiohttp
-import pytest
 
 from cnr_oci import appkeys
 from cnr_oci.embedded import free_port
