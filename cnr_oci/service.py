@@ -681,9 +681,11 @@ class PackageService:
         layer = mapping.descriptor(layer_type, inp.blob, inp.digest)
         if layer_annotations:
             layer["annotations"] = layer_annotations
-        manifest = {
+        manifest: dict[str, Any] = {
             "schemaVersion": 2,
-            "mediaType": mapping.OCI_MANIFEST,
+            # helm push writes no top-level mediaType (the Content-Type says it); a chart's manifest
+            # differs from helm's only in documented annotations.
+            **({} if inp.chart is not None else {"mediaType": mapping.OCI_MANIFEST}),
             **extra,
             "config": mapping.descriptor(config_type, config, oci.sha256(config)),
             "layers": [layer],
