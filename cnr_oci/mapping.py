@@ -51,6 +51,8 @@ ANN_CREATED = "org.opencontainers.image.created"
 ANN_DESCRIPTION = "org.opencontainers.image.description"
 # Where a helm manifest keeps CNR metadata; helm's layout has no other place for it.
 ANN_METADATA = "vnd.cnr.package.metadata"
+# On index entries: the CNR media type of the package the entry points at.
+ANN_MEDIA_TYPE = "vnd.cnr.package.media-type"
 
 
 def layer_media_type(media_type: str) -> str:
@@ -285,9 +287,19 @@ def helm_annotations(chart: dict[str, Any], release: str, created: str) -> dict[
     }
     out = {k: _escape_non_ascii(v) for k, v in ann.items() if v.strip()}
     for key, value in (chart.get("annotations") or {}).items():
-        if key not in (ANN_TITLE, ANN_VERSION) and isinstance(value, str):
+        # Nor may they set cnr-oci's own keys: a chart could fake another push's metadata.
+        if key not in (ANN_TITLE, ANN_VERSION, ANN_METADATA, ANN_MEDIA_TYPE) and isinstance(value, str):
             out[str(key)] = _escape_non_ascii(value)
     return out
+
+
+# RFC 3339, as helm and cnr-oci write org.opencontainers.image.created.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})")
+
+
+def created_date(value: Any) -> str | None:
+    """A created date as stored by anyone: an RFC 3339 string, else None (never garbage)."""
+    return value if isinstance(value, str) and _RFC3339.fullmatch(value) else None
 
 
 def _escape_non_ascii(value: str) -> str:

@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 
 from cnr_oci import errors, mapping, oci, schemas
 from cnr_oci.auth import IDENTITY, Credentials, identity_key
-from cnr_oci.archive import PushInput, helm_config
+from cnr_oci.archive import PushInput, helm_config, load_json
 from cnr_oci.cache import LRU, TTLCache
 from cnr_oci.locks import PackageLocks
 from cnr_oci.mapping import Package
@@ -20,7 +20,7 @@ from cnr_oci.mapping import Package
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 UNKNOWN_PLATFORM = {"architecture": "unknown", "os": "unknown"}
-ANN_MEDIA_TYPE = "vnd.cnr.package.media-type"
+ANN_MEDIA_TYPE = mapping.ANN_MEDIA_TYPE
 # Requests to the registry one listing may have in flight at once.
 DEFAULT_FANOUT = 16
 EMPTY_JSON = b"{}"
@@ -113,9 +113,9 @@ def encode_json(data: Any) -> bytes:
 
 def _parse_config(raw: bytes, schema: str, where: str) -> dict[str, Any]:
     try:
-        doc = json.loads(raw)
-    except ValueError as exc:
-        raise errors.UpstreamBadGateway(f"config {where} is not JSON") from exc
+        doc = load_json(raw, "config")
+    except errors.CnrError as exc:  # not JSON, nested too deep, NaN: what the registry holds is bad
+        raise errors.UpstreamBadGateway(f"config {where}: {exc.message}") from exc
     schemas.check_stored(schema, doc, where)
     return doc  # type: ignore[no-any-return]
 
@@ -332,16 +332,16 @@ class PackageService:
         ann = e.manifest.get("annotations") or {}
         # For content cnr-oci did not write (helm push, ORAS): the manifest's created annotation,
         # else null, never "".
-        created = ann.get(mapping.ANN_CREATED) or None
+        created = mapping.created_date(ann.get(mapping.ANN_CREATED))
         metadata: Any = None
         if (e.manifest.get("config") or {}).get("mediaType") == mapping.CNR_CONFIG:
             cfg = await self._config(self.repo(pkg), e.manifest["config"], schemas.CNR_CONFIG)
             metadata = cfg.get("metadata")
-            created = created or cfg.get("created_at") or None
+            created = created or mapping.created_date(cfg.get("created_at"))
         elif mapping.ANN_METADATA in ann:
-            try:
-                metadata = json.loads(ann[mapping.ANN_METADATA])
-            except ValueError:
+            try:  # bounded and strict: another tool may have written anything there
+                metadata = load_json(str(ann[mapping.ANN_METADATA]), "metadata annotation")
+            except errors.CnrError:
                 metadata = None
         digest = str(e.layer.get("digest", ""))
         return {
@@ -473,7 +473,7 @@ class PackageService:
         kept = mapping.sort_releases({e.release for e in found})
         default = kept[0]
         created: list[str | None] = [*sorted(
-            str(c) for e in found if (c := (e.manifest.get("annotations") or {}).get(mapping.ANN_CREATED))
+            c for e in found if (c := mapping.created_date((e.manifest.get("annotations") or {}).get(mapping.ANN_CREATED)))
         )] or [None]
         return {
             "name": pkg.full,

@@ -13,6 +13,7 @@ import pytest
 
 from cnr_oci import archive
 from tests import test_archive as bombs
+from tests import helpers
 from tests.helpers import unique
 from tests.test_bad_input import API, expect_error, existing  # noqa: F401  (existing is a fixture)
 
@@ -127,3 +128,29 @@ async def test_an_oversized_login_body_is_413(client):
 async def test_an_ordinary_login_still_works(client):
     resp = await client.post(LOGIN, json={"user": {"username": "a", "password": "b"}})
     assert resp.status == 200 and "token" in await resp.json()
+
+
+# -- found by the attack on the client-facing changes ------------------------------------------------
+
+
+def _chart_with(name: str, extra_yaml: str) -> bytes:
+    text = f"apiVersion: v2\nname: {name}\nversion: 0.1.0\n{extra_yaml}"
+    return helpers.tarball({f"{name if '/' not in name else 'x'}/Chart.yaml": text.encode()})
+
+
+async def test_a_chart_cannot_set_cnr_metadata_through_its_annotations(client):
+    pkg = "/".join(unique())
+    deep = "[" * 30_000 + "]" * 30_000
+    tgz = _chart_with(pkg.split("/")[1], f'annotations:\n  vnd.cnr.package.metadata: "{deep}"\n  other: "x"\n')
+    resp = await client.post(f"{API}/{pkg}", json={**push_json(tgz), "metadata": None})
+    assert resp.status == 200, await resp.text()
+    shown = await client.get(f"{API}/{pkg}/2.0.0/helm")
+    assert shown.status == 200 and (await shown.json())["metadata"] is None
+    assert (await client.get(f"{API}/{pkg}")).status == 200
+
+
+@pytest.mark.parametrize("name", ['"../../etc/evil"', '"a/b"', '"."', '".."', '"a\\u0000b"', '"a\\nb"'])
+async def test_a_chart_name_that_is_no_plain_file_name_is_400(client, registry, existing, name):
+    blob = helpers.tarball({"x/Chart.yaml": f"apiVersion: v2\nname: {name}\nversion: 0.1.0\n".encode()})
+    data = await hostile(client, registry, existing, 400, "invalid-usage", json=push_json(blob))
+    assert "name" in data["message"]

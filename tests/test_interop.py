@@ -256,3 +256,50 @@ async def test_a_repository_copied_with_skopeo_serves_the_same_releases(client, 
     for (release, mt), blob in blobs.items():
         assert await (await copy.get(f"{API}/{repo}/{release}/{mt}/pull")).read() == blob
         assert await (await copy.get(f"{API}/{repo}/blobs/sha256/{helpers.sha(blob)}")).read() == blob
+
+
+def _put_helm_with_annotations(registry_url: str, repo: str, tag: str, annotations: dict[str, str]) -> bytes:
+    name = repo.rsplit("/", 1)[1]
+    tgz = chart(name, "0.1.0")
+    chart_json = json.dumps({"name": name, "version": "0.1.0", "apiVersion": "v2"}).encode()
+    helpers.put_blob(registry_url, repo, tgz)
+    helpers.put_blob(registry_url, repo, chart_json)
+    helpers.put_manifest(registry_url, repo, tag, {
+        "schemaVersion": 2, "config": helpers.descriptor(HELM_CONFIG, chart_json),
+        "layers": [helpers.descriptor(mapping.HELM_LAYER, tgz)], "annotations": annotations})
+    return tgz
+
+
+@pytest.mark.parametrize("metadata", ["[" * 30_000 + "]" * 30_000, "NaN", "1e999999", "{not json"])
+async def test_metadata_another_tool_wrote_badly_reads_as_null_and_breaks_no_listing(client, registry, metadata):
+    repo = "/".join(unique())
+    _put_helm_with_annotations(registry.url, repo, "1.0.0", {mapping.ANN_METADATA: metadata})
+    shown = await client.get(f"{API}/{repo}/1.0.0/helm")
+    assert shown.status == 200 and (await shown.json())["metadata"] is None
+    listed = await client.get(f"{API}/{repo}")
+    assert listed.status == 200 and json.loads(await listed.text(), parse_constant=lambda c: 1 / 0)
+
+
+@pytest.mark.parametrize("created", ["zzzz", "   ", "not-a-date", "2024-13"])
+async def test_a_created_date_that_is_no_date_reads_as_null(client, registry, created):
+    ns, name = unique()
+    _put_helm_with_annotations(registry.url, f"{ns}/{name}", "1.0.0", {mapping.ANN_CREATED: created})
+    assert (await (await client.get(f"{API}/{ns}/{name}/1.0.0/helm")).json())["created_at"] is None
+    listed = await (await client.get(API, params={"namespace": ns})).json()
+    assert listed[0]["created_at"] is None and listed[0]["updated_at"] is None
+
+
+async def test_a_config_nested_too_deep_is_502_not_500(client, registry):
+    ns, name = unique()
+    repo = f"{ns}/{name}"
+    blob = kpm()
+    config = ('{"package": "%s", "release": "1.0.0", "media_type": "kpm", "created_at": "2024-01-01T00:00:00Z", '
+              '"metadata": {"a": %s}}' % (repo, "[" * 30_000 + "]" * 30_000)).encode()
+    helpers.put_blob(registry.url, repo, blob)
+    helpers.put_blob(registry.url, repo, config)
+    helpers.put_manifest(registry.url, repo, "1.0.0", {
+        "schemaVersion": 2, "mediaType": mapping.OCI_MANIFEST, "artifactType": mapping.artifact_type("kpm"),
+        "config": helpers.descriptor(mapping.CNR_CONFIG, config),
+        "layers": [helpers.descriptor(mapping.layer_media_type("kpm"), blob)]})
+    resp = await client.get(f"{API}/{repo}/1.0.0/kpm")
+    assert resp.status == 502 and (await resp.json())["code"] == "upstream-unavailable"
