@@ -91,7 +91,7 @@ def parse_force(value: Any) -> bool:
 # -- JSON ---------------------------------------------------------------------------------------------
 
 
-def load_json(raw: bytes | str, what: str = "body", max_bytes: int | None = None) -> Any:
+def load_json(raw: bytes | bytearray | str, what: str = "body", max_bytes: int | None = None) -> Any:
     """json.loads with the nesting bounded by MAX_DEPTH; any failure is InvalidUsage (400), a body over
     max_bytes PayloadTooLarge (413)."""
     if max_bytes is not None and len(raw) > max_bytes:
@@ -138,7 +138,7 @@ def _depth_exceeds(doc: Any, limit: int) -> bool:
 # -- the push body ------------------------------------------------------------------------------------
 
 
-def parse_push(raw: bytes, query_force: str | None, package: mapping.Package) -> PushInput:
+def parse_push(raw: bytes | bytearray, query_force: str | None) -> PushInput:
     """Parse, validate and decode an E7 push body.
 
     Raises:
@@ -159,7 +159,7 @@ def parse_push(raw: bytes, query_force: str | None, package: mapping.Package) ->
     # The JSON body wins over the query string, except for force, which may be in either.
     force = parse_force(body.get("force")) or parse_force(query_force)
     blob = decode_blob(body["blob"])
-    chart = inspect_tarball(blob, media_type, package)
+    chart = inspect_tarball(blob, media_type)
     return PushInput(
         release=release,
         media_type=media_type,
@@ -490,7 +490,7 @@ def _is_chart_yaml(member: TarMember) -> bool:
     return member.is_file and len(parts) == 2 and parts[1] == b"Chart.yaml"
 
 
-def inspect_tarball(data: bytes, media_type: str, package: mapping.Package) -> dict[str, Any] | None:
+def inspect_tarball(data: bytes, media_type: str) -> dict[str, Any] | None:
     """Check that data is a gzipped tar with members; for helm, return Chart.yaml.
 
     For helm the scan stops at the first <dir>/Chart.yaml (or goes to the end, within the limits, to

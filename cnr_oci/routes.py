@@ -110,7 +110,7 @@ async def _json_body(request: web.Request) -> Any:
     return archive.load_json(await _read_body(request, limit), "body", max_bytes=limit)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: web.Request, limit: int) -> bytearray:
     """The body, bounded in size and in time (a slow body gets 408, see server.read_body)."""
     settings = request.app[appkeys.SETTINGS]
     return await server.read_body(request, limit, min_rate=settings.body_min_rate, grace=settings.body_grace)
@@ -183,7 +183,7 @@ async def push(request: web.Request) -> web.Response:
     async with service.push_rights(pkg) as session, _push_slot(request):
         raw = await _read_body(request, limit)
         # JSON, base64 and gzip/tar checks of a large push are CPU-bound: keep them off the loop.
-        inp = await asyncio.to_thread(archive.parse_push, raw, request.query.get("force"), pkg)
+        inp = await asyncio.to_thread(archive.parse_push, raw, request.query.get("force"))
         del raw
         await service.push(pkg, inp, session)
     return _json({"status": "ok"})

@@ -72,7 +72,7 @@ class Limits:
 
 
 async def read_body(request: web.Request, limit: int, *, min_rate: float = BODY_MIN_RATE,
-                    grace: float = BODY_GRACE) -> bytes:
+                    grace: float = BODY_GRACE) -> bytearray:
     """The whole body, at most ``limit`` bytes, arriving within ``grace + received / min_rate`` s.
 
     413 PayloadTooLarge past the limit (a declared Content-Length is checked first, chunked
@@ -107,7 +107,7 @@ async def read_body(request: web.Request, limit: int, *, min_rate: float = BODY_
                 f"(needs {grace:g} s plus 1 s per {min_rate:g} bytes)",
                 {"received": len(buf)}) from None
         if not chunk:
-            return bytes(buf)
+            return buf  # a bytearray: no second copy of a body of up to --max-body-size
         buf += chunk
         if len(buf) > limit:
             raise errors.PayloadTooLarge(f"request body exceeds the limit of {limit} bytes",

@@ -20,7 +20,6 @@ from cnr_oci.mapping import Package
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 UNKNOWN_PLATFORM = {"architecture": "unknown", "os": "unknown"}
-ANN_MEDIA_TYPE = mapping.ANN_MEDIA_TYPE
 # Requests to the registry one listing may have in flight at once.
 DEFAULT_FANOUT = 16
 EMPTY_JSON = b"{}"
@@ -87,7 +86,7 @@ def package_descriptor(media_type: str, m: oci.Manifest) -> dict[str, Any]:
         "mediaType": m.media_type or mapping.OCI_MANIFEST,
         "digest": m.digest,
         "size": len(m.raw),
-        "annotations": {ANN_MEDIA_TYPE: media_type},
+        "annotations": {mapping.ANN_MEDIA_TYPE: media_type},
         "platform": dict(UNKNOWN_PLATFORM),
     }
 
@@ -240,7 +239,7 @@ class PackageService:
         children = [d for d in top.doc.get("manifests") or [] if isinstance(d, dict) and isinstance(d.get("digest"), str)]
         candidates = [
             d for d in children
-            if (d.get("annotations") or {}).get(ANN_MEDIA_TYPE) or d.get("platform") == UNKNOWN_PLATFORM
+            if (d.get("annotations") or {}).get(mapping.ANN_MEDIA_TYPE) or d.get("platform") == UNKNOWN_PLATFORM
         ]
         found = await self._gather(self._manifest(repo, d["digest"]) for d in candidates)
         packages: dict[str, tuple[dict[str, Any], oci.Manifest]] = {}

@@ -131,8 +131,8 @@ def refused(fn: Callable[[], Any], cls: type[errors.CnrError] = errors.InvalidUs
     return result
 
 
-def inspect(blob: bytes, media_type: str = "helm", pkg: Package = PKG) -> Callable[[], Any]:
-    return lambda: archive.inspect_tarball(blob, media_type, pkg)
+def inspect(blob: bytes, media_type: str = "helm") -> Callable[[], Any]:
+    return lambda: archive.inspect_tarball(blob, media_type)
 
 
 # -- defect 5: tar header bombs ---------------------------------------------------------------------------
@@ -274,22 +274,22 @@ def test_crafted_tar_headers_never_crash(case, media_type):
 @pytest.mark.parametrize("case", [c for c in CRAFTED if c.startswith("sparse") or c.startswith("gnu-S-map")])
 def test_a_sparse_member_is_skipped_and_the_chart_yaml_after_it_found(case):
     blob = gz(CRAFTED[case] + tar_of(("demo/Chart.yaml", b"apiVersion: v2\nname: demo\nversion: 1.0.0\n")))
-    assert archive.inspect_tarball(blob, "helm", PKG)["name"] == "demo"
+    assert archive.inspect_tarball(blob, "helm")["name"] == "demo"
 
 
 def test_a_sparse_chart_yaml_is_not_read_as_one():
     blob = gz(pax_member({"GNU.sparse.map": "0,5", "GNU.sparse.size": "5"}, "demo/Chart.yaml", b"name: demo\n"))
-    assert archive.inspect_tarball(blob, "helm", PKG) is None  # not a chart
+    assert archive.inspect_tarball(blob, "helm") is None  # not a chart
 
 
 def test_a_helm_tarball_without_chart_yaml_is_not_a_chart():
     """operator-courier pushes operator bundles as media type helm: accepted, stored as they came."""
-    assert archive.inspect_tarball(gz(tar_of(("bundle/bundle.yaml", b"data: {}\n"))), "helm", PKG) is None
+    assert archive.inspect_tarball(gz(tar_of(("bundle/bundle.yaml", b"data: {}\n"))), "helm") is None
 
 
 def test_a_chart_named_unlike_its_package_is_accepted():
     chart = archive.inspect_tarball(gz(tar_of(("other/Chart.yaml", b"apiVersion: v2\nname: other\nversion: 1.0.0\n"))),
-                                    "helm", PKG)
+                                    "helm")
     assert chart is not None and chart["name"] == "other"
 
 
@@ -393,7 +393,7 @@ def test_values_json_cannot_carry_are_400(value):
 def test_scalars_in_string_fields_are_kept_as_helm_keeps_them():
     text = ("apiVersion: v2\nname: demo\nversion: 1.0.0\ndescription: 5\nappVersion: 1.10\n"
             "keywords: [1, true]\nannotations: {a: 1, b: false}\ndeprecated: true\ncreated: 2020-01-01\n")
-    chart = archive.inspect_tarball(chart_tgz("demo", text), "helm", PKG)
+    chart = archive.inspect_tarball(chart_tgz("demo", text), "helm")
     config = json.loads(archive.helm_config(chart))
     assert config["description"] == "5" and config["appVersion"] == "1.1"
     assert config["keywords"] == ["1", "true"]
@@ -412,7 +412,7 @@ def test_ordinary_chart_fields_give_the_same_helm_config_bytes():
         "dependencies:\n  - name: db\n    version: 1.x\n    repository: https://charts.example.com\n"
         "    condition: db.enabled\n    tags: [back]\n    import-values: [data, {child: a, parent: b}]\n"
     )
-    chart = archive.inspect_tarball(chart_tgz("demo", text), "helm", PKG)
+    chart = archive.inspect_tarball(chart_tgz("demo", text), "helm")
     assert archive.helm_config(chart) == (
         b'{"name":"demo","home":"https://example.com/home","sources":["https://example.com/src"],'
         b'"version":"1.0.0","description":"Demo \\u003cchart\\u003e \\u0026 co","keywords":["a","b"],'
@@ -430,14 +430,14 @@ def test_ordinary_chart_fields_give_the_same_helm_config_bytes():
 @pytest.mark.parametrize("depth", [archive.MAX_DEPTH + 1, 100_000])
 def test_deeply_nested_json_push_body_is_400(depth):
     raw = b"[" * depth + b"]" * depth
-    err = refused(lambda: archive.parse_push(raw, None, PKG))
+    err = refused(lambda: archive.parse_push(raw, None))
     assert str(archive.MAX_DEPTH) in err.message
 
 
 def test_deeply_nested_metadata_is_400():
     body = helpers.body(helpers.kpm(), "1.0.0")
     raw = json.dumps(body).encode()[:-1] + b', "metadata": {"a": ' + b"[" * 70 + b"]" * 70 + b"}}"
-    err = refused(lambda: archive.parse_push(raw, None, PKG))
+    err = refused(lambda: archive.parse_push(raw, None))
     assert str(archive.MAX_DEPTH) in err.message
 
 
@@ -448,7 +448,7 @@ def test_metadata_at_the_depth_limit_is_kept():
         node["a"] = {}
         node = node["a"]
     raw = json.dumps({**helpers.body(helpers.kpm(), "1.0.0"), "metadata": meta}).encode()
-    assert archive.parse_push(raw, None, PKG).metadata == meta
+    assert archive.parse_push(raw, None).metadata == meta
 
 
 def test_load_json_is_bounded_in_size():
@@ -487,10 +487,10 @@ def test_gnu_tar_archives_are_scanned_like_tarfile_reads_them(tmp_path, fmt):
     assert scan_names(blob) == python_names(blob)
     assert len(files[0]) > 100
     assert files[0].encode() in scan_names(blob)
-    chart = archive.inspect_tarball(blob, "helm", Package("ns", name))
+    chart = archive.inspect_tarball(blob, "helm")
     assert chart is not None and chart["name"] == name
     raw = push_body(blob)
-    assert archive.parse_push(raw, None, Package("ns", name)).chart == chart
+    assert archive.parse_push(raw, None).chart == chart
 
 
 def test_gnu_tar_with_a_chart_dir_name_over_100_chars(tmp_path):
@@ -500,7 +500,7 @@ def test_gnu_tar_with_a_chart_dir_name_over_100_chars(tmp_path):
     for fmt in ("gnu", "pax"):
         out = tmp_path / f"{fmt}.tgz"
         subprocess.run(["tar", f"--format={fmt}", "-czf", str(out), "-C", str(tmp_path), name], check=True)
-        chart = archive.inspect_tarball(out.read_bytes(), "helm", Package("ns", name))
+        chart = archive.inspect_tarball(out.read_bytes(), "helm")
         assert chart is not None and chart["name"] == name
 
 
@@ -511,13 +511,13 @@ def test_python_tarfile_archives_are_scanned_like_tarfile_reads_them(fmt):
     blob = gz(tar_of((long, b"x" * 700), (f"{name}/é-ünïcode.txt", b""), (f"{name}/Chart.yaml",
                      CHART_YAML.replace(b"{name}", b"demo")), fmt=fmt))
     assert scan_names(blob) == python_names(blob)
-    assert archive.inspect_tarball(blob, "helm", PKG)["description"] == "oracle"
+    assert archive.inspect_tarball(blob, "helm")["description"] == "oracle"
 
 
 def test_multi_member_gzip_is_read_through():
     tar = tar_of(("demo/values.yaml", b"a: 1\n" * 300), ("demo/Chart.yaml", CHART_YAML.replace(b"{name}", b"demo")))
     blob = gz(tar[:700]) + gz(tar[700:])
-    assert archive.inspect_tarball(blob, "helm", PKG)["name"] == "demo"
+    assert archive.inspect_tarball(blob, "helm")["name"] == "demo"
 
 
 @pytest.fixture(scope="module")
@@ -535,14 +535,14 @@ def helm_package(tmp_path_factory) -> bytes:
 
 def test_helm_package_output_is_accepted(helm_package):
     assert scan_names(helm_package) == python_names(helm_package)
-    inp = archive.parse_push(push_body(helm_package), None, PKG)
+    inp = archive.parse_push(push_body(helm_package), None)
     assert inp.chart is not None and inp.chart["name"] == "demo" and inp.chart["version"] == "0.1.0"
     assert json.loads(archive.helm_config(inp.chart))["apiVersion"] == "v2"
 
 
 def test_helper_builders_are_accepted():
-    assert archive.inspect_tarball(helpers.chart("demo"), "helm", PKG)["name"] == "demo"
-    assert archive.inspect_tarball(helpers.kpm(), "kpm", PKG) is None
+    assert archive.inspect_tarball(helpers.chart("demo"), "helm")["name"] == "demo"
+    assert archive.inspect_tarball(helpers.kpm(), "kpm") is None
     assert base64.b64decode(helpers.body(helpers.kpm())["blob"]) == helpers.kpm()
 
 

@@ -82,7 +82,7 @@ def make_compose(root: Path, marker: str = "") -> Path:
 
 def pushed_blob(c: Cnr, mark: int, ns: str, name: str) -> tuple[dict[str, object], bytes]:
     """The last push body the client sent for ns/name since ``mark``, and its decoded blob."""
-    posts = [e for e in c.rec.find(mark, "POST", f"/cnr/api/v1/packages/{ns}/{name}?")]
+    posts = [e for e in c.rec.find(mark, "POST", f"/api/v1/packages/{ns}/{name}?")]  # under /cnr or bare
     assert posts, [e.path for e in c.rec.since(mark)]
     body = json.loads(posts[-1].body)
     return body, base64.b64decode(body["blob"])
@@ -203,17 +203,24 @@ def test_repush_is_409_and_force_replaces(cnr: Cnr, tmp_path: Path) -> None:
     ns, name = uniq("ns"), uniq("chart")
     ref = f"{cnr.alias}/{ns}/{name}"
     cnr.ok("push", ref, cwd=make_chart(tmp_path, name, "1.0.0", "a"))
+    check_repush_409_then_force(cnr, ("push", ref), ("push", "-f", ref), ref, tmp_path)
+
+
+def check_repush_409_then_force(cli: Cnr, push: tuple[str, ...], force: tuple[str, ...], ref: str,
+                                tmp_path: Path) -> None:
+    """Release 1.0.0 of ref (ns/name) exists: pushing other bytes is 409, forcing replaces them."""
+    ns, name = ref.rsplit("/", 2)[-2:]
     second = make_chart(tmp_path, name, "1.0.0", "b")
-    mark = len(cnr.rec.log)
-    rc, _, err = cnr("push", ref, cwd=second)
+    mark = len(cli.rec.log)
+    rc, _, err = cli(*push, cwd=second)
     assert rc == 2 and "409 Client Error" in err, err
-    post = next(cnr.rec.find(mark, "POST", f"/packages/{ns}/{name}?force=false"))
+    post = next(cli.rec.find(mark, "POST", f"/packages/{ns}/{name}?force=false"))
     assert post.status == 409 and json.loads(post.response)["code"] == "package-exists"
-    mark = len(cnr.rec.log)
-    cnr.ok("push", "-f", ref, cwd=second)
-    assert next(cnr.rec.find(mark, "POST", f"/packages/{ns}/{name}?force=true")).status == 200
-    _, blob = pushed_blob(cnr, mark, ns, name)
-    _, got = pull_tarball(cnr, f"{ref}@1.0.0", "helm", tmp_path / "p")
+    mark = len(cli.rec.log)
+    cli.ok(*force, cwd=second)
+    assert next(cli.rec.find(mark, "POST", f"/packages/{ns}/{name}?force=true")).status == 200
+    _, blob = pushed_blob(cli, mark, ns, name)
+    _, got = pull_tarball(cli, f"{ref}@1.0.0", "helm", tmp_path / "p")
     assert got == blob and b"marker: 'b'" in members(got)[f"{name}/values.yaml"]
 
 

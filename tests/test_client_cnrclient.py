@@ -18,7 +18,7 @@ import yaml
 from tests.clients.install_cnrclient import main as install_cnrclient
 from tests.clients.recorder import Recorder
 from tests.conftest import LIVE_USERS, LiveServer
-from tests.test_client_cnr import Cnr, check_helm_pulls, make_chart, make_compose, members, uniq
+from tests.test_client_cnr import Cnr, check_helm_pulls, check_repush_409_then_force, make_chart, make_compose, members, uniq
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -109,18 +109,8 @@ def test_docker_compose_push_with_null_metadata(cc: Cnr, tmp_path: Path) -> None
 def test_repush_is_409_and_force_replaces(cc: Cnr, tmp_path: Path) -> None:
     ns, name = uniq("ns"), uniq("chart")
     push_chart(cc, make_chart(tmp_path, name, "1.0.0", "a"), ns)
-    second = make_chart(tmp_path, name, "1.0.0", "b")
-    mark = len(cc.rec.log)
-    rc, _, err = cc("push", cc.alias, "--ns", ns, cwd=second)
-    assert rc == 2 and "409 Client Error" in err, err
-    post = next(cc.rec.find(mark, "POST", f"/packages/{ns}/{name}?force=false"))
-    assert post.status == 409 and json.loads(post.response)["code"] == "package-exists"
-    mark = len(cc.rec.log)
-    push_chart(cc, second, ns, "-f")
-    assert next(cc.rec.find(mark, "POST", f"/packages/{ns}/{name}?force=true")).status == 200
-    _, blob = pushed_blob(cc, mark, ns, name)
-    _, got = pull_tarball(cc, f"{cc.alias}/{ns}/{name}@1.0.0", "helm", tmp_path / "p")
-    assert got == blob and b"marker: 'b'" in members(got)[f"{name}/values.yaml"]
+    check_repush_409_then_force(cc, ("push", cc.alias, "--ns", ns), ("push", cc.alias, "--ns", ns, "-f"),
+                                f"{cc.alias}/{ns}/{name}", tmp_path)
 
 
 def test_list_with_each_filter(cc: Cnr, tmp_path: Path) -> None:
