@@ -1,172 +1,29 @@
-"""The aiohttp application: factory, set-up of each concern, middleware."""
+"""The aiohttp application: its factory, and the set-up and tear-down of the registry and its client."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import ssl
-import time
-import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator
 
 import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from cnr_oci import appkeys, errors, oci
-from cnr_oci.auth import IDENTITY, TokenCodec, load_secret, parse_authorization, service_credentials
+from cnr_oci import appkeys, middleware, ops, routes, server
+from cnr_oci.auth import TokenCodec, load_secret, service_credentials
 from cnr_oci.embedded import EmbeddedRegistry, has_users, htpasswd_path
-from cnr_oci.oci import OciClient
 from cnr_oci.locks import PackageLocks
 from cnr_oci.metrics import Metrics
-from cnr_oci.service import PackageService
+from cnr_oci.oci import OciClient
 from cnr_oci.settings import Settings
+from cnr_oci.store import Store
 
 log = logging.getLogger(__name__)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-STREAMING = web.RequestKey("streaming", bool)
+# A deep read buffer keeps the upstream flowing while a chunk is written downstream.
 READ_BUFSIZE = 4 * 1024 * 1024
-
-# Registry errors become CNR errors here, and only here.
-_REGISTRY_TO_CNR: list[tuple[type[oci.RegistryError], type[errors.CnrError]]] = [
-    (oci.Unauthorized, errors.Unauthorized),
-    (oci.Denied, errors.Forbidden),
-    (oci.NotFound, errors.ResourceNotFound),
-    (oci.UnsupportedOperation, errors.Unsupported),
-    (oci.TooLarge, errors.PayloadTooLarge),
-    (oci.TooManyRequests, errors.UpstreamUnavailable),
-    (oci.RegistryUnavailable, errors.UpstreamUnavailable),
-    (oci.InvalidResponse, errors.UpstreamBadGateway),
-    (oci.RegistryError, errors.UpstreamBadGateway),
-]
-_HTTP_TO_CNR = {
-    404: errors.ResourceNotFound,
-    405: errors.MethodNotAllowed,
-    413: errors.PayloadTooLarge,
-}
-
-
-def registry_to_cnr(exc: oci.RegistryError, request: web.Request) -> errors.CnrError:
-    for source, target in _REGISTRY_TO_CNR:
-        if isinstance(exc, source):
-            details: dict[str, object] = {}
-            if isinstance(exc, oci.Denied):
-                m = request.match_info
-                details = {"package": f"{m['ns']}/{m['name']}" if "ns" in m else None, "scopes": exc.scopes}
-            return target(f"registry: {exc}", details)
-    raise AssertionError("unreachable")
-
-
-CHALLENGE = {"WWW-Authenticate": 'Basic realm="cnr-oci"'}
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every 4xx/5xx, the router's own included, in the CNR envelope."""
-    try:
-        return await handler(request)
-    except Exception as exc:
-        if request.get(STREAMING):
-            # Headers are gone: abort the connection, never finish a wrong body.
-            log.warning("aborting stream for %s %s: %s", request.method, request.path, exc)
-            raise
-        if isinstance(exc, oci.RegistryError):
-            cnr = registry_to_cnr(exc, request)
-            # A refusal (401, 403, 404) is the caller's business, and anyone can cause one: INFO,
-            # so an anonymous caller cannot flood the log at WARNING.
-            log.log(logging.WARNING if cnr.status >= 500 else logging.INFO,
-                    "registry error on %s %s: %s; upstream said: %.300s", request.method, request.path, exc, exc.body)
-            exc = cnr
-        if isinstance(exc, errors.CnrError):
-            return errors.render(exc, {**(CHALLENGE if exc.status == 401 else {}), **exc.headers})
-        if isinstance(exc, web.HTTPException):
-            if exc.status < 400:
-                raise
-            cls = _HTTP_TO_CNR.get(exc.status, errors.InvalidUsage)
-            err = cls(exc.reason or exc.text or "error")
-            err.status = exc.status
-            return errors.render(err, {k: v for k, v in exc.headers.items() if k == "Allow"})
-        request_id = uuid.uuid4().hex[:12]
-        log.exception("unexpected error, request id %s, on %s %s", request_id, request.method, request.path)
-        return errors.render(errors.InternalError(f"internal error (request id {request_id})",
-                                                  {"request_id": request_id}))
-
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Latency by route template, never by raw path (bounded label values)."""
-    start = time.perf_counter()
-    status = 500
-    try:
-        resp = await handler(request)
-        status = resp.status
-        return resp
-    finally:
-        info = request.match_info.route.resource
-        route = info.canonical if info is not None else "unmatched"
-        request.app[appkeys.METRICS].requests.labels(request.method, route, str(status)).observe(
-            time.perf_counter() - start)
-
-
-@web.middleware
-async def encoding_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request bodies are JSON as sent: a Content-Encoding (gzip, deflate, br) is refused with 415
-    before anything is read, so no one makes the server inflate a bomb."""
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        err = errors.UnsupportedMediaType("compressed request bodies are not accepted; send the body "
-                                          "without Content-Encoding", {"content_encoding": encoding[:40]})
-        err.headers["Connection"] = "close"
-        raise err
-    return await handler(request)
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The caller's identity, for every registry request this CNR request makes.
-
-    Without credentials, cnr-oci's own service credentials stand in only where the operator
-    allowed it: reads with --anonymous-read, writes with --service-write.
-    """
-    ident = None
-    if request.path not in LOGIN_PATHS:
-        ident = parse_authorization(request.headers.get("Authorization"), request.app[appkeys.TOKENS])
-    if ident is None and appkeys.SERVICE_CREDENTIALS in request.app:
-        settings = request.app[appkeys.SETTINGS]
-        reading = request.method in ("GET", "HEAD")
-        if (reading and settings.anonymous_read) or (not reading and settings.service_write):
-            ident = request.app[appkeys.SERVICE_CREDENTIALS]
-    token = IDENTITY.set(ident)
-    try:
-        return await handler(request)
-    finally:
-        IDENTITY.reset(token)
-
-
-LOGIN_PATHS = frozenset(p + s for p in ("/cnr/api/v1/users/login", "/api/v1/users/login") for s in ("", "/"))
-
-
-def cors_middleware(origins: tuple[str, ...]) -> Middleware:
-    """CORS for the configured origins only (off by default)."""
-    allow_all = "*" in origins
-
-    @web.middleware
-    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        allowed = origin is not None and (allow_all or origin in origins)
-        if allowed and request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            resp: web.StreamResponse = web.Response(status=204)
-        else:
-            resp = await handler(request)
-        if allowed and origin is not None:
-            resp.headers["Access-Control-Allow-Origin"] = "*" if allow_all else origin
-            resp.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
-            resp.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
-            resp.headers["Vary"] = "Origin"
-        return resp
-
-    return cors
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext | bool:
@@ -190,7 +47,6 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.to_thread(reg.start)
     log.info("embedded docker-registry on %s, storage in %s, %s", reg.url, reg.root / "registry",
              f"users from {users}" if reg.htpasswd else "open to anyone who reaches cnr-oci")
-    app[appkeys.EMBEDDED] = reg
     app[appkeys.UPSTREAM] = reg.url
     watcher = asyncio.create_task(_close_when_users_appear(reg, users)) if reg.htpasswd is None else None
     try:
@@ -219,13 +75,11 @@ async def client_ctx(app: web.Application) -> AsyncIterator[None]:
         total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout
     )
     connector = aiohttp.TCPConnector(limit=100, ssl=_ssl_context(settings))
-    # A deep read buffer keeps the upstream flowing while a chunk is written downstream.
     # Bodies are taken as sent (digests are over them), so ask for no compression.
     async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False,
                                      cookie_jar=aiohttp.DummyCookieJar(),
                                      headers={"Accept-Encoding": "identity"},
                                      read_bufsize=READ_BUFSIZE) as session:
-        app[appkeys.SESSION] = session
         client = OciClient(session, app[appkeys.UPSTREAM], metrics=app[appkeys.METRICS],
                            deadline=settings.upstream_timeout, min_rate=settings.upstream_min_rate,
                            rate_window=settings.upstream_rate_window)
@@ -244,11 +98,9 @@ async def client_ctx(app: web.Application) -> AsyncIterator[None]:
             from redis.asyncio import from_url
 
             redis = from_url(settings.redis_url)
-        service = PackageService(
-            client, settings.repository_prefix, cache_ttl=settings.cache_ttl, locks=PackageLocks(redis)
-        )
-        app[appkeys.SERVICE] = service
-        settler = asyncio.create_task(_settle_forever(service))
+        store = Store(client, settings.repository_prefix, cache_ttl=settings.cache_ttl, locks=PackageLocks(redis))
+        app[appkeys.STORE] = store
+        settler = asyncio.create_task(_settle_forever(store))
         try:
             yield
         finally:
@@ -258,23 +110,22 @@ async def client_ctx(app: web.Application) -> AsyncIterator[None]:
                 await redis.aclose()
 
 
-async def _settle_forever(service: PackageService, interval: float = 1.0) -> None:
+async def _settle_forever(store: Store, interval: float = 1.0) -> None:
     """Roll back in-doubt tag writes once the registry answers again."""
     while True:
         await asyncio.sleep(interval)
-        if service.in_doubt:
-            await service.settle()
+        if store.write.in_doubt:
+            await store.write.settle()
 
 
 def create_app(settings: Settings) -> web.Application:
     """Build the cnr-oci application from settings (no argv, no environment)."""
-    from cnr_oci import routes, server
-
     server.install_log_filter()  # no raw request bytes or credentials in aiohttp's logs
     middlewares: list[Middleware] = []
     if settings.cors_origins:
-        middlewares.append(cors_middleware(settings.cors_origins))
-    middlewares += [metrics_middleware, error_middleware, encoding_middleware, auth_middleware]
+        middlewares.append(middleware.cors_middleware(settings.cors_origins))
+    middlewares += [middleware.metrics_middleware, middleware.error_middleware, middleware.encoding_middleware,
+                    middleware.auth_middleware]
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_size)
     app[appkeys.SETTINGS] = settings
     app[appkeys.METRICS] = Metrics()
@@ -283,5 +134,6 @@ def create_app(settings: Settings) -> web.Application:
     app[appkeys.TOKENS] = TokenCodec(load_secret(settings.token_secret, settings.data_dir), settings.token_ttl)
     app.cleanup_ctx.append(registry_ctx)
     app.cleanup_ctx.append(client_ctx)
+    ops.setup_ops_routes(app)
     routes.setup_routes(app)
     return app

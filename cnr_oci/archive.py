@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from cnr_oci import errors, mapping, schemas
+from cnr_oci.helm import helm_config
 
 # -- limits -------------------------------------------------------------------------------------------
 
@@ -579,85 +580,3 @@ def load_chart_yaml(text: bytes) -> dict[str, Any]:
     except (ValueError, TypeError) as exc:  # NaN/Infinity, keys JSON cannot carry
         raise _chart_error(f"Chart.yaml holds a value JSON cannot carry: {str(exc)[:200]}") from exc
     return chart
-
-
-# -- helm's config blob -------------------------------------------------------------------------------
-
-# helm's chart.Metadata fields, in struct order: helm writes json.Marshal(Metadata).
-_HELM_FIELDS = [
-    "name", "home", "sources", "version", "description", "keywords", "maintainers", "icon",
-    "apiVersion", "condition", "tags", "appVersion", "deprecated", "annotations", "kubeVersion",
-    "dependencies", "type",
-]
-# Metadata's string fields, and its []string and map[string]string ones.
-_STRING_FIELDS = {
-    "name", "home", "version", "description", "icon", "apiVersion", "condition", "tags", "appVersion",
-    "kubeVersion", "type",
-}
-_STRING_LISTS = {"sources", "keywords"}
-_MAINTAINER_FIELDS = ["name", "email", "url"]
-# helm's chart.Dependency fields in struct order, and whether each is omitempty (name and repository are not).
-_DEPENDENCY_FIELDS = [("name", False), ("version", True), ("repository", False), ("condition", True),
-                      ("tags", True), ("enabled", True), ("import-values", True), ("alias", True)]
-_DEPENDENCY_STRINGS = {"name", "version", "repository", "condition", "alias"}
-
-
-def _dependency(dep: Any) -> Any:
-    """One entry of dependencies as helm marshals its Dependency struct (unknown keys dropped)."""
-    if not isinstance(dep, dict):
-        return dep
-    out: dict[str, Any] = {}
-    for key, omitempty in _DEPENDENCY_FIELDS:
-        value = dep.get(key)
-        if key in _DEPENDENCY_STRINGS:
-            value = _go_string(value)
-        elif key == "tags" and isinstance(value, list):
-            value = [_go_string(v) for v in value]
-        if not (omitempty and _omitempty(value)):
-            out[key] = value
-    return out
-
-
-def _omitempty(value: Any) -> bool:
-    return value is None or value is False or value == "" or value == [] or value == {}
-
-
-def _go_string(value: Any) -> Any:
-    """A YAML scalar as helm's YAML loader (sigs.k8s.io/yaml) stores it in a Go string field."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return ""
-    return value if isinstance(value, str) else str(value)
-
-
-def go_json(doc: Any) -> bytes:
-    """JSON as Go's encoding/json writes it: compact, UTF-8, with <, > and & escaped."""
-    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=str, allow_nan=False)
-    for raw, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
-                     ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
-        text = text.replace(raw, esc)
-    return text.encode()
-
-
-def helm_config(chart: dict[str, Any]) -> bytes:
-    """The config blob helm push writes: Chart.yaml as helm's Metadata struct marshals it."""
-    out: dict[str, Any] = {}
-    for key in _HELM_FIELDS:
-        value = chart.get(key)
-        if key == "maintainers" and isinstance(value, list):
-            value = [
-                {k: _go_string(m[k]) for k in _MAINTAINER_FIELDS if isinstance(m, dict) and not _omitempty(m.get(k))}
-                for m in value
-            ]
-        elif key == "dependencies" and isinstance(value, list):
-            value = [_dependency(d) for d in value]
-        elif key in _STRING_FIELDS and value is not None:
-            value = _go_string(value)
-        elif key in _STRING_LISTS and isinstance(value, list):
-            value = [_go_string(v) for v in value]
-        elif key == "annotations" and isinstance(value, dict):
-            value = {_go_string(k): _go_string(v) for k, v in value.items()}
-        if not _omitempty(value):
-            out[key] = value
-    return go_json(out)

@@ -16,8 +16,9 @@ from typing import AsyncIterator, Callable
 
 import aiohttp
 
+from cachetools import LRUCache
+
 from cnr_oci.auth import Credentials
-from cnr_oci.cache import LRU
 
 log = logging.getLogger(__name__)
 _PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
@@ -84,10 +85,10 @@ class Authenticator:
                  max_entries: int = MAX_ENTRIES) -> None:
         self._session = session
         self.clock = clock
-        self._tokens: LRU[TokenKey, tuple[str, float]] = LRU(max_entries)
+        self._tokens: LRUCache[TokenKey, tuple[str, float]] = LRUCache(max_entries)
         self._locks: dict[TokenKey, _Held] = {}
         self._bearer: tuple[str, str] | None = None  # (realm, service) learnt from the registry
-        self._basic: LRU[str, bool] = LRU(max_entries)  # identities the registry wants Basic from
+        self._basic: LRUCache[str, bool] = LRUCache(max_entries)  # identities the registry wants Basic from
 
     @property
     def sizes(self) -> tuple[int, int, int]:
@@ -134,7 +135,7 @@ class Authenticator:
         if ch.scheme == "basic":
             if ident is None:
                 return None
-            self._basic.put(ident.key, True)
+            self._basic[ident.key] = True
             return ident.basic()
         if ch.scheme != "bearer" or "realm" not in ch.params:
             return None
@@ -148,15 +149,15 @@ class Authenticator:
                 token, expiry = item
             else:
                 token, expiry = await self._fetch(realm, service, ch.scopes, ident)
-                self._tokens.put(key, (token, expiry))
+                self._tokens[key] = (token, expiry)
             if path_scope and path_scope != scope:
-                self._tokens.put((key[0], realm, service, path_scope), (token, expiry))
+                self._tokens[(key[0], realm, service, path_scope)] = (token, expiry)
         return "Bearer " + token
 
     def forget(self, ident: Credentials | None, scope: str) -> None:
         """Drop a token the registry refused, so the next request fetches a fresh one."""
         if self._bearer is not None:
-            self._tokens.pop((ident.key if ident else "", *self._bearer, scope))
+            self._tokens.pop((ident.key if ident else "", *self._bearer, scope), None)
 
     async def _fetch(self, realm: str, service: str, scopes: list[str], ident: Credentials | None) -> tuple[str, float]:
         """A token for these scopes: by GET with Basic credentials (or none), or, for an identity

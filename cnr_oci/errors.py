@@ -42,7 +42,8 @@ InvalidRelease = _error("InvalidRelease", "invalid-release", 422)
 InvalidParameters = _error("InvalidParameters", "invalid-parameters", 422)
 InternalError = _error("InternalError", "internal-error", 500)
 Unsupported = _error("Unsupported", "unsupported", 501)
-UpstreamBadGateway = _error("UpstreamBadGateway", "upstream-unavailable", 502)
+# 502 and 503 share the contract's code: the registry answered garbage, or is down.
+UpstreamInvalid = _error("UpstreamInvalid", "upstream-unavailable", 502)
 UpstreamUnavailable = _error("UpstreamUnavailable", "upstream-unavailable", 503)
 ServerBusy = _error("ServerBusy", "server-busy", 503)
 

@@ -1,4 +1,4 @@
-"""Pure functions mapping CNR names, releases and media types onto OCI (no I/O)."""
+"""CNR names, releases, channels, media types and version queries: parsing, checks and their OCI names (no I/O)."""
 
 from __future__ import annotations
 
@@ -30,41 +30,15 @@ _LONG_MEDIA_TYPE = re.compile(
 )
 _HEX64 = re.compile(r"^[a-f0-9]{64}$")
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MANIFEST_ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
-
-HELM_CONFIG = "application/vnd.cncf.helm.config.v1+json"
-HELM_LAYER = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
-HELM_LEGACY_LAYER = "application/tar+gzip"
-CNR_CONFIG = "application/vnd.cnr.package.config.v1+json"
-CHANNEL_CONFIG = "application/vnd.cnr.channel.v1+json"
-CHANNEL_ARTIFACT = "application/vnd.cnr.channel.v1"
-EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
 CHANNEL_TAG_PREFIX = "channel-"
 _CHANNEL = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,119}$")
-ANN_TITLE = "org.opencontainers.image.title"
-ANN_VERSION = "org.opencontainers.image.version"
-ANN_CREATED = "org.opencontainers.image.created"
-ANN_DESCRIPTION = "org.opencontainers.image.description"
-# Where a helm manifest keeps CNR metadata; helm's layout has no other place for it.
-ANN_METADATA = "vnd.cnr.package.metadata"
-# On index entries: the CNR media type of the package the entry points at.
-ANN_MEDIA_TYPE = "vnd.cnr.package.media-type"
 
 
-def layer_media_type(media_type: str) -> str:
-    return f"application/vnd.cnr.package.{media_type}.v1.tar+gzip"
-
-
-def manifest_media_type(media_type: str) -> str:
-    return f"application/vnd.cnr.package-manifest.{media_type}.v1.json"
-
-
-def artifact_type(media_type: str) -> str:
-    return f"application/vnd.cnr.package.{media_type}.v1"
+def long_media_type_name(value: str) -> str | None:
+    """The short name in a long vnd.cnr / vnd.appr media type (``helm`` in
+    ``application/vnd.cnr.package.helm.v1.tar+gzip``), or None when it is not one."""
+    m = _LONG_MEDIA_TYPE.fullmatch(value)
+    return str(m.group(1)) if m else None
 
 
 @dataclass(frozen=True)
@@ -170,9 +144,7 @@ def normalize_media_type(value: Any, allow_any: bool = False) -> str:
         raise errors.InvalidUsage("media_type must be a string", {"media_type": repr(value)[:80]})
     if allow_any and value == "-":
         return value
-    long = _LONG_MEDIA_TYPE.fullmatch(value)
-    if long:
-        value = str(long.group(1))
+    value = long_media_type_name(value) or value
     if not _SHORT_MEDIA_TYPE.fullmatch(value):
         raise errors.InvalidUsage(
             f"invalid media type {value[:80]!r}: expected a short name such as helm or kpm",
@@ -232,95 +204,5 @@ def match_releases(releases: Iterable[str], query: str | None) -> list[str]:
     return out
 
 
-def classify(manifest: dict[str, Any]) -> str | None:
-    """The CNR media type of an OCI image manifest, or None when it is not a package.
-
-    By artifactType, then config.mediaType, then the first layer's type.
-    """
-    art = manifest.get("artifactType")
-    if isinstance(art, str):
-        m = _LONG_MEDIA_TYPE.fullmatch(art)
-        if m:
-            return m.group(1)
-    config = manifest.get("config") or {}
-    layers = manifest.get("layers") or []
-    layer_type = layers[0].get("mediaType") if layers and isinstance(layers[0], dict) else None
-    if config.get("mediaType") == HELM_CONFIG:
-        return "helm"
-    if isinstance(layer_type, str):
-        if layer_type == HELM_LAYER:
-            return "helm"
-        m = _LONG_MEDIA_TYPE.fullmatch(layer_type)
-        if m:
-            return m.group(1)
-    return None
-
-
-def content_layer(manifest: dict[str, Any]) -> dict[str, Any] | None:
-    """The layer that holds the package tarball."""
-    for layer in manifest.get("layers") or []:
-        mt = layer.get("mediaType", "") if isinstance(layer, dict) else ""
-        if isinstance(mt, str) and (mt in (HELM_LAYER, HELM_LEGACY_LAYER) or _LONG_MEDIA_TYPE.fullmatch(mt)):
-            return dict(layer)
-    return None
-
-
-def descriptor(media_type: str, data: bytes, digest: str, **extra: Any) -> dict[str, Any]:
-    return {"mediaType": media_type, "digest": digest, "size": len(data), **extra}
-
-
-def helm_annotations(chart: dict[str, Any], release: str, created: str) -> dict[str, str]:
-    """What helm's pkg/registry writes: org.opencontainers.image.* where they have values,
-    then the chart's own annotations, which may not override title or version."""
-    maintainers = [m for m in chart.get("maintainers") or [] if isinstance(m, dict)]
-    authors = ", ".join(
-        str(m.get("name") or "") + (f" ({m['email']})" if m.get("email") else "") for m in maintainers
-    )
-    ann = {
-        ANN_DESCRIPTION: str(chart.get("description") or ""),
-        ANN_TITLE: str(chart.get("name") or ""),
-        ANN_VERSION: release,
-        "org.opencontainers.image.url": str(chart.get("home") or ""),
-        ANN_CREATED: created,
-        "org.opencontainers.image.source": str((chart.get("sources") or [""])[0] or ""),
-        "org.opencontainers.image.authors": authors,
-    }
-    out = {k: _escape_non_ascii(v) for k, v in ann.items() if v.strip()}
-    for key, value in (chart.get("annotations") or {}).items():
-        # Nor may they set cnr-oci's own keys: a chart could fake another push's metadata.
-        if key not in (ANN_TITLE, ANN_VERSION, ANN_METADATA, ANN_MEDIA_TYPE) and isinstance(value, str):
-            out[str(key)] = _escape_non_ascii(value)
-    return out
-
-
-# RFC 3339, as helm and cnr-oci write org.opencontainers.image.created.
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})")
-
-
-def created_date(value: Any) -> str | None:
-    """A created date as stored by anyone: an RFC 3339 string, else None (never garbage)."""
-    return value if isinstance(value, str) and _RFC3339.fullmatch(value) else None
-
-
-def _escape_non_ascii(value: str) -> str:
-    """helm escapes non-ASCII annotation values as \\uXXXX UTF-16 units, for strict registries."""
-    out = []
-    for ch in value:
-        cp = ord(ch)
-        if cp < 0x80:
-            out.append(ch)
-        elif cp <= 0xFFFF:
-            out.append(f"\\u{cp:04x}")
-        else:
-            cp -= 0x10000
-            out.append(f"\\u{0xD800 + (cp >> 10):04x}\\u{0xDC00 + (cp & 0x3FF):04x}")
-    return "".join(out)
-
-
 def filename(pkg: Package, release: str) -> str:
     return f"{pkg.file_stem}_{release}.tar.gz"
-
-
-def b64_chunk_size(chunk: int) -> int:
-    """A chunk size that is a multiple of 3, so base64 pieces concatenate cleanly."""
-    return max(3, chunk - chunk % 3)

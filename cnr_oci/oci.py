@@ -15,7 +15,7 @@ from yarl import URL
 
 from cnr_oci.auth import IDENTITY, Credentials
 from cnr_oci.challenge import Authenticator, Challenge, TokenRefused, TokenUnavailable, parse_challenge, scope_for
-from cnr_oci.mapping import MANIFEST_ACCEPT
+from cnr_oci.layout import MANIFEST_ACCEPT, Manifest, sha256
 from cnr_oci.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -156,18 +156,6 @@ def _refused(ch: Challenge | None, ident: Credentials | None, method: str, what:
     if ident is None:
         return Unauthorized(f"{what}: the registry requires credentials", 401, "UNAUTHORIZED", body)
     return Unauthorized(f"{what}: the registry refused the credentials", 401, "UNAUTHORIZED", body)
-
-
-@dataclass(frozen=True)
-class Manifest:
-    digest: str
-    media_type: str
-    raw: bytes
-    doc: dict[str, Any]
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def origin(url: URL) -> tuple[str, str, int | None]:

@@ -1,34 +1,30 @@
-"""CNR route handlers: parse → validate → service → serialise."""
+"""The CNR API: one route table of thin handlers (parse, call the store, answer a wire shape)."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import html
-import json
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
 from aiohttp import web
 
-from cnr_oci import __version__, appkeys, archive, errors, mapping, server
-from cnr_oci.app import STREAMING
-from cnr_oci.auth import IDENTITY, Credentials
+from cnr_oci import __version__, appkeys, archive, errors, mapping, server, wire
+from cnr_oci.auth import identity_key
 from cnr_oci.mapping import Package
-from cnr_oci.oci import BlobStream
-from cnr_oci.service import PackageService, encode_json
+from cnr_oci.store import Store
+from cnr_oci.streaming import stream_blob
 
 APPR_API_VERSION = "0.7.4"
 CNR_API_VERSION = "0.2.0"
-JSON_CHUNK = mapping.b64_chunk_size(1024 * 1024)
 
 
-def _service(request: web.Request) -> PackageService:
-    return request.app[appkeys.SERVICE]
+def _store(request: web.Request) -> Store:
+    return request.config_dict[appkeys.STORE]
 
 
 def _package(request: web.Request) -> Package:
-    prefix = request.app[appkeys.SETTINGS].repository_prefix.strip("/")
+    prefix = request.config_dict[appkeys.SETTINGS].repository_prefix.strip("/")
     return mapping.parse_package(request.match_info["ns"], request.match_info["name"], prefix)
 
 
@@ -50,14 +46,20 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status)
 
 
+def _json_bytes(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
+
+
 async def _documents(data: Any) -> web.Response:
     """Listings and manifest objects, which carry stored metadata (up to the registry's 4 MiB a
     manifest, many at once): encoded in a worker thread, off the event loop."""
-    return _json_bytes(await asyncio.to_thread(encode_json, data))
+    return _json_bytes(await asyncio.to_thread(wire.encode, data))
 
 
-def _json_bytes(body: bytes) -> web.Response:
-    return web.Response(body=body, content_type="application/json")
+async def _read_body(request: web.Request, limit: int) -> bytearray:
+    """The body, bounded in size and in time (a slow body gets 408, see server.read_body)."""
+    settings = request.config_dict[appkeys.SETTINGS]
+    return await server.read_body(request, limit, min_rate=settings.body_min_rate, grace=settings.body_grace)
 
 
 # -- E1, E2 -----------------------------------------------------------------------
@@ -84,61 +86,21 @@ async def well_known(request: web.Request) -> web.Response:
     return _json({"version": "v1.0.0", "uri_prefix": f"{_base_url(request)}/cnr/"})
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
-
-
-async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[appkeys.METRICS].render(),
-                        content_type="text/plain", charset="utf-8")
-
-
-async def readyz(request: web.Request) -> web.Response:
-    try:
-        await request.app[appkeys.OCI].ping()
-    except Exception as exc:  # any failure means "not ready"
-        return _json({"status": "not ready", "reason": type(exc).__name__}, status=503)
-    return _json({"status": "ready"})
-
-
 # -- E3 ---------------------------------------------------------------------------
 
 
-async def _json_body(request: web.Request) -> Any:
-    """A small JSON body (login's), size and nesting bounded, so it is fine to parse on the loop."""
-    limit = archive.MAX_SMALL_BODY
-    return archive.load_json(await _read_body(request, limit), "body", max_bytes=limit)
-
-
-async def _read_body(request: web.Request, limit: int) -> bytearray:
-    """The body, bounded in size and in time (a slow body gets 408, see server.read_body)."""
-    settings = request.app[appkeys.SETTINGS]
-    return await server.read_body(request, limit, min_rate=settings.body_min_rate, grace=settings.body_grace)
-
-
 async def login(request: web.Request) -> web.Response:
-    body = await _json_body(request)
+    limit = archive.MAX_SMALL_BODY
+    body = archive.load_json(await _read_body(request, limit), "body", max_bytes=limit)
     user = body.get("user") if isinstance(body, dict) else None
     if not (
         isinstance(user, dict)
         and isinstance(user.get("username"), str) and user["username"]
         and isinstance(user.get("password"), str)
     ):
-        raise errors.InvalidUsage(
-            'login needs {"user": {"username": ..., "password": ...}}', {"field": "user"}
-        )
-    codec = request.app[appkeys.TOKENS]
-    client = request.app[appkeys.OCI]
-    if not await client.ping():
-        # The registry asks nobody for credentials: the token carries none.
-        return _json({"token": codec.issue(None)})
-    creds = Credentials(user["username"], user["password"])
-    token = IDENTITY.set(creds)
-    try:
-        await client.check_credentials()
-    finally:
-        IDENTITY.reset(token)
-    return _json({"token": codec.issue(creds)})
+        raise errors.InvalidUsage('login needs {"user": {"username": ..., "password": ...}}', {"field": "user"})
+    creds = await _store(request).login(user["username"], user["password"])
+    return _json({"token": request.config_dict[appkeys.TOKENS].issue(creds)})
 
 
 # -- E5, E6 -----------------------------------------------------------------------
@@ -159,14 +121,14 @@ def _paging(request: web.Request, items: list[Any]) -> list[Any]:
 
 async def list_packages(request: web.Request) -> web.Response:
     q = request.query
-    result = await _service(request).list_packages(
+    found = await _store(request).catalog.summaries(
         namespace=q.get("namespace") or None, query=q.get("query") or None, media_type=_query_media_type(request)
     )
-    return await _documents(_paging(request, result))
+    return await _documents([wire.package_summary(s) for s in _paging(request, found)])
 
 
 async def search(request: web.Request) -> web.Response:
-    return _json(await _service(request).search(request.query.get("q", "")))
+    return _json(await _store(request).catalog.search(request.query.get("q", "")))
 
 
 # -- E7 ---------------------------------------------------------------------------
@@ -174,26 +136,25 @@ async def search(request: web.Request) -> web.Response:
 
 async def push(request: web.Request) -> web.Response:
     pkg = _package(request)
-    settings = request.app[appkeys.SETTINGS]
-    limit = settings.max_body_size
+    limit = request.config_dict[appkeys.SETTINGS].max_body_size
     if request.content_length is not None and request.content_length > limit:
         raise errors.PayloadTooLarge(f"the body exceeds the limit of {limit} bytes", {"limit": limit})
-    service = _service(request)
+    write = _store(request).write
     # Who is calling, and may they push here? Known before a byte of the body is read.
-    async with service.push_rights(pkg) as session, _push_slot(request):
+    async with write.push_rights(pkg) as session, _push_slot(request):
         raw = await _read_body(request, limit)
         # JSON, base64 and gzip/tar checks of a large push are CPU-bound: keep them off the loop.
         inp = await asyncio.to_thread(archive.parse_push, raw, request.query.get("force"))
         del raw
-        await service.push(pkg, inp, session)
+        await write.push(pkg, inp, session)
     return _json({"status": "ok"})
 
 
 @asynccontextmanager
 async def _push_slot(request: web.Request) -> AsyncIterator[None]:
     """One of the few push bodies that may be in memory at once; 503 after a bounded wait."""
-    slots = request.app[appkeys.PUSH_SLOTS]
-    wait = request.app[appkeys.SETTINGS].push_queue_wait
+    slots = request.config_dict[appkeys.PUSH_SLOTS]
+    wait = request.config_dict[appkeys.SETTINGS].push_queue_wait
     try:
         await asyncio.wait_for(slots.acquire(), wait)
     except asyncio.TimeoutError:
@@ -209,27 +170,38 @@ async def _push_slot(request: web.Request) -> AsyncIterator[None]:
 # -- E8, E9, E10, E11 -------------------------------------------------------------
 
 
+async def _manifests_json(request: web.Request, pkg: Package, media_type: str | None, release: str | None) -> bytes:
+    """E8 and E9 as JSON bytes. Identical listings asked at once by one identity are built and
+    encoded once: with MiBs of metadata a release, each costs real memory and CPU."""
+    store = _store(request)
+
+    async def build() -> bytes:
+        found = await store.manifests(pkg, media_type, release)
+        return await asyncio.to_thread(wire.encode, [wire.manifest_object(pkg, e, d) for e, d in found])
+
+    return await store.read.once(("manifests", identity_key(), store.read.repo(pkg), media_type, release), build)
+
+
 async def list_manifests(request: web.Request) -> web.Response:
-    pkg = _package(request)
-    return _json_bytes(await _service(request).list_manifests_json(pkg, _query_media_type(request)))
+    return _json_bytes(await _manifests_json(request, _package(request), _query_media_type(request), None))
 
 
 async def release_manifests(request: web.Request) -> web.Response:
-    pkg = _package(request)
     release = mapping.check_release(request.match_info["release"])
-    return _json_bytes(await _service(request).list_manifests_json(pkg, release=release))
+    return _json_bytes(await _manifests_json(request, _package(request), None, release))
 
 
 async def show(request: web.Request) -> web.Response:
     pkg = _package(request)
-    media_type = _media_type(request)
-    return await _documents(await _service(request).show(pkg, request.match_info["release"], media_type))
+    e, d, channels = await _store(request).show(pkg, request.match_info["release"], _media_type(request))
+    return await _documents(wire.shown(pkg, e, d, channels))
 
 
 async def delete_release(request: web.Request) -> web.Response:
     pkg = _package(request)
-    media_type = _media_type(request)
-    return _json(await _service(request).delete(pkg, request.match_info["release"], media_type))
+    release = request.match_info["release"]
+    await _store(request).write.delete(pkg, release, _media_type(request))
+    return _json(wire.release_deleted(pkg, release))
 
 
 # -- E12, E13 ---------------------------------------------------------------------
@@ -239,93 +211,49 @@ def _wants_json(request: web.Request) -> bool:
     return request.match_info.get("json") == "/json" or request.query.get("format") == "json"
 
 
-async def _stream(
-    request: web.Request, blob: BlobStream, filename: str, head: dict[str, Any] | None
-) -> web.StreamResponse:
-    """Pass the blob through; in JSON form, base64 it on the fly.
-
-    Content-Length is always set, and the last chunk waits for the digest check,
-    so a wrong or broken transfer is a short body, never a complete wrong one.
-    """
-    try:
-        chunks = blob.chunks(JSON_CHUNK)
-        first = await anext(chunks, b"")  # a failure here still gets a CNR error
-        resp = web.StreamResponse()
-        prefix = suffix = b""
-        if head is None:
-            resp.content_type = "application/x-gzip"
-            resp.headers["Content-Disposition"] = filename
-            if blob.size is not None:
-                resp.content_length = blob.size
-        else:
-            resp.content_type = "application/json"
-            prefix = (json.dumps({**head, "filename": filename})[:-1] + ', "blob": "').encode()
-            suffix = b'"}'
-            if blob.size is not None:
-                resp.content_length = len(prefix) + 4 * ((blob.size + 2) // 3) + len(suffix)
-        request[STREAMING] = True
-        await resp.prepare(request)
-        await resp.write(prefix)
-        rest = b""
-        piece: bytes | None = first
-        while piece is not None:
-            if head is None:
-                await resp.write(piece)
-            else:
-                data = rest + piece
-                cut = len(data) - len(data) % 3
-                await resp.write(base64.b64encode(data[:cut]))
-                rest = data[cut:]
-            piece = await anext(chunks, None)
-        await resp.write(base64.b64encode(rest) + suffix if head is not None else b"")
-        await resp.write_eof()
-        return resp
-    finally:
-        blob.close()
-
-
 async def pull(request: web.Request) -> web.StreamResponse:
     pkg = _package(request)
-    service = _service(request)
-    entry = await service.resolve(pkg, request.match_info["release"], _media_type(request))
-    blob = await service.open_blob(pkg, str(entry.layer["digest"]))
-    head = None
-    if _wants_json(request):
-        head = {"package": pkg.full, "release": entry.release, "media_type": entry.media_type}
-    return await _stream(request, blob, mapping.filename(pkg, entry.release), head)
+    read = _store(request).read
+    entry = await read.resolve(pkg, request.match_info["release"], _media_type(request))
+    blob = await read.open_blob(pkg, str(entry.layer["digest"]))
+    fields = wire.pull_head(pkg, entry.release, entry.media_type) if _wants_json(request) else None
+    return await stream_blob(request, blob, mapping.filename(pkg, entry.release), fields)
 
 
 async def blob(request: web.Request) -> web.StreamResponse:
     pkg = _package(request)
     hexdigest = mapping.check_digest(request.match_info["digest"])
-    stream = await _service(request).open_blob(pkg, "sha256:" + hexdigest)
-    head = {"package": pkg.full, "release": hexdigest} if _wants_json(request) else None
-    return await _stream(request, stream, f"{pkg.file_stem}_{hexdigest[:8]}.tar.gz", head)
+    stream = await _store(request).read.open_blob(pkg, "sha256:" + hexdigest)
+    fields = wire.pull_head(pkg, hexdigest, None) if _wants_json(request) else None
+    return await stream_blob(request, stream, f"{pkg.file_stem}_{hexdigest[:8]}.tar.gz", fields)
 
 
 # -- E14 to E18: channels ----------------------------------------------------------
 
 
 async def list_channels(request: web.Request) -> web.Response:
-    return _json(await _service(request).channels(_package(request)))
+    return _json(await _store(request).channels.listing(_package(request)))
 
 
 async def show_channel(request: web.Request) -> web.Response:
-    return _json(await _service(request).channel(_package(request), request.match_info["channel"]))
+    return _json(await _store(request).channels.show(_package(request), request.match_info["channel"]))
 
 
 async def add_channel_release(request: web.Request) -> web.Response:
     m = request.match_info
-    return _json(await _service(request).add_channel_release(_package(request), m["channel"], m["release"]))
+    return _json(await _store(request).channels.add_release(_package(request), m["channel"], m["release"]))
 
 
 async def remove_channel_release(request: web.Request) -> web.Response:
-    m = request.match_info
-    return _json(await _service(request).remove_channel_release(_package(request), m["channel"], m["release"]))
+    pkg, m = _package(request), request.match_info
+    await _store(request).channels.remove_release(pkg, m["channel"], m["release"])
+    return _json(wire.channel_release_removed(pkg, m["channel"], m["release"]))
 
 
 async def delete_channel(request: web.Request) -> web.Response:
-    return _json(await _service(request).delete_channel(_package(request), request.match_info["channel"]))
+    pkg, name = _package(request), request.match_info["channel"]
+    await _store(request).channels.delete(pkg, name)
+    return _json(wire.channel_deleted(pkg, name))
 
 
 # -- routing ----------------------------------------------------------------------
@@ -352,15 +280,18 @@ ROUTES: list[tuple[str, str, Any]] = [
 ]
 
 
-def setup_routes(app: web.Application) -> None:
-    """Every route under /cnr and bare, with and without a trailing slash."""
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+def add_cnr_routes(app: web.Application) -> None:
+    """The CNR table on one application, each path with and without a trailing slash."""
     app.router.add_get("/", index)
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+        app.router.add_route(method, path + "/", handler)
+
+
+def setup_routes(app: web.Application) -> None:
+    """The CNR API under /cnr (a sub-application) and at the root (aiohttp takes no sub-app at /)."""
+    cnr = web.Application()
+    add_cnr_routes(cnr)
     app.router.add_get("/cnr", index)
-    app.router.add_get("/cnr/", index)
-    for mount in ("/cnr", ""):
-        for method, path, handler in ROUTES:
-            app.router.add_route(method, mount + path, handler)
-            app.router.add_route(method, mount + path + "/", handler)
+    app.add_subapp("/cnr", cnr)
+    add_cnr_routes(app)

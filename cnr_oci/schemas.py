@@ -12,7 +12,6 @@ from typing import Any, Iterator
 
 import jsonschema
 
-from cnr_oci import errors
 
 PUSH_REQUEST = "push-request"
 CNR_CONFIG = "cnr-config"
@@ -65,13 +64,3 @@ def first_error(name: str, doc: Any, best: bool = True) -> tuple[str, str] | Non
     if not field and err.validator == "required":
         field = str(err.message).split("'")[1] if "'" in err.message else ""
     return field, err.message[:300]
-
-
-def check_stored(name: str, doc: Any, where: str) -> None:
-    """What is read back from the registry must match its schema."""
-    problem = first_error(name, doc)
-    if problem:
-        raise errors.UpstreamBadGateway(
-            f"stored document at {where} does not match schema {name}: "
-            f"{problem[0] or '(root)'}: {problem[1]}"
-        )

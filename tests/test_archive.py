@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cnr_oci import archive, errors
+from cnr_oci import archive, errors, helm
 from cnr_oci.mapping import Package
 from tests import helpers
 
@@ -394,7 +394,7 @@ def test_scalars_in_string_fields_are_kept_as_helm_keeps_them():
     text = ("apiVersion: v2\nname: demo\nversion: 1.0.0\ndescription: 5\nappVersion: 1.10\n"
             "keywords: [1, true]\nannotations: {a: 1, b: false}\ndeprecated: true\ncreated: 2020-01-01\n")
     chart = archive.inspect_tarball(chart_tgz("demo", text), "helm")
-    config = json.loads(archive.helm_config(chart))
+    config = json.loads(helm.helm_config(chart))
     assert config["description"] == "5" and config["appVersion"] == "1.1"
     assert config["keywords"] == ["1", "true"]
     assert config["annotations"] == {"a": "1", "b": "false"}
@@ -413,7 +413,7 @@ def test_ordinary_chart_fields_give_the_same_helm_config_bytes():
         "    condition: db.enabled\n    tags: [back]\n    import-values: [data, {child: a, parent: b}]\n"
     )
     chart = archive.inspect_tarball(chart_tgz("demo", text), "helm")
-    assert archive.helm_config(chart) == (
+    assert helm.helm_config(chart) == (
         b'{"name":"demo","home":"https://example.com/home","sources":["https://example.com/src"],'
         b'"version":"1.0.0","description":"Demo \\u003cchart\\u003e \\u0026 co","keywords":["a","b"],'
         b'"maintainers":[{"name":"Ann","email":"ann@example.com"},{"name":"Bob"}],"apiVersion":"v2",'
@@ -537,7 +537,7 @@ def test_helm_package_output_is_accepted(helm_package):
     assert scan_names(helm_package) == python_names(helm_package)
     inp = archive.parse_push(push_body(helm_package), None)
     assert inp.chart is not None and inp.chart["name"] == "demo" and inp.chart["version"] == "0.1.0"
-    assert json.loads(archive.helm_config(inp.chart))["apiVersion"] == "v2"
+    assert json.loads(helm.helm_config(inp.chart))["apiVersion"] == "v2"
 
 
 def test_helper_builders_are_accepted():
@@ -548,5 +548,5 @@ def test_helper_builders_are_accepted():
 
 def test_the_chart_schema_follows_helms_metadata_fields():
     schema = json.loads((Path(__file__).parent.parent / "schemas" / "chart.schema.json").read_text())
-    assert list(schema["properties"]) == archive._HELM_FIELDS
+    assert list(schema["properties"]) == helm._HELM_FIELDS
     assert yaml.safe_load("a: 1") == {"a": 1}

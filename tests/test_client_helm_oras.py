@@ -180,7 +180,7 @@ async def test_oracle_cnr_push_stores_the_blobs_helm_push_stores(client, registr
     assert set(our_ann) <= DOCUMENTED | chart_keys, set(our_ann) - DOCUMENTED - chart_keys
     assert chart_keys <= set(our_ann)
     # Where helm writes an annotation, ours says the same (the push time aside). One difference in
-    # form: cnr-oci writes non-ASCII annotation values as \\uXXXX escapes (mapping._escape_non_ascii,
+    # form: cnr-oci writes non-ASCII annotation values as \\uXXXX escapes (helm._escape_non_ascii,
     # after a newer helm's pkg/registry); helm 4.1.4 writes them raw. Unescaped, they are equal.
     same = {k: v for k, v in their_ann.items() if k != "org.opencontainers.image.created"}
     assert {k: unescape(our_ann.get(k, "")) for k in same} == same

@@ -44,7 +44,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from cnr_oci import mapping
+from cnr_oci import layout, mapping
 from cnr_oci.app import create_app
 from cnr_oci.embedded import free_port
 from cnr_oci.routes import ROUTES
@@ -847,10 +847,10 @@ def test_the_registry_stays_consistent_after_fuzzing(server, registry):
             doc, _ = helpers.manifest(registry.url, repo, tag)
             if not mapping.tag_to_release(tag):
                 continue
-            if doc.get("mediaType") != mapping.OCI_INDEX:
-                assert mapping.classify(doc) is not None, (repo, tag, doc)
+            if doc.get("mediaType") != layout.OCI_INDEX:
+                assert layout.classify(doc) is not None, (repo, tag, doc)
                 continue
             for entry in doc["manifests"]:
                 child, _ = helpers.manifest(registry.url, repo, entry["digest"])
                 label = entry.get("annotations", {}).get("vnd.cnr.package.media-type")
-                assert label is not None and mapping.classify(child) == label, (repo, tag, entry, child)
+                assert label is not None and layout.classify(child) == label, (repo, tag, entry, child)

@@ -12,7 +12,7 @@ from pathlib import Path
 import oras.client
 import pytest
 
-from cnr_oci import mapping
+from cnr_oci import layout, wire
 from cnr_oci.settings import Settings
 from tests import helpers
 from tests.conftest import require_binary, start_registry
@@ -76,7 +76,7 @@ async def test_cnr_push_of_a_chart_is_stored_exactly_as_helm_push_stores_it(clie
     got, _ = helpers.manifest(registry.url, f"{ns}/{name}", "1.0.0")
     config, want = helm_layout(name, tgz)
     assert got["schemaVersion"] == want["schemaVersion"]
-    assert got.get("mediaType", mapping.OCI_MANIFEST) == mapping.OCI_MANIFEST
+    assert got.get("mediaType", layout.OCI_MANIFEST) == layout.OCI_MANIFEST
     assert "artifactType" not in got
     assert got["config"] == want["config"]
     assert helpers.blob(registry.url, f"{ns}/{name}", got["config"]["digest"]) == config
@@ -114,7 +114,7 @@ async def test_a_chart_pushed_the_way_helm_pushes_it_shows_up_as_helm(client, re
     assert listed[0]["name"] == repo and listed[0]["manifests"] == ["helm"] and listed[0]["releases"] == ["0.3.0"]
     assert listed[0]["created_at"] == "2024-01-02T03:04:05Z"
     manifests = await (await client.get(f"{API}/{repo}")).json()
-    assert [(m["release"], m["mediaType"]) for m in manifests] == [("0.3.0", mapping.manifest_media_type("helm"))]
+    assert [(m["release"], m["mediaType"]) for m in manifests] == [("0.3.0", wire.manifest_media_type("helm"))]
     shown = await (await client.get(f"{API}/{repo}/0.3.0/helm")).json()
     assert shown["content"]["digest"] == helpers.sha(tgz)
     assert await (await client.get(f"{API}/{repo}/0.3.0/helm/pull")).read() == tgz
@@ -266,14 +266,14 @@ def _put_helm_with_annotations(registry_url: str, repo: str, tag: str, annotatio
     helpers.put_blob(registry_url, repo, chart_json)
     helpers.put_manifest(registry_url, repo, tag, {
         "schemaVersion": 2, "config": helpers.descriptor(HELM_CONFIG, chart_json),
-        "layers": [helpers.descriptor(mapping.HELM_LAYER, tgz)], "annotations": annotations})
+        "layers": [helpers.descriptor(layout.HELM_LAYER, tgz)], "annotations": annotations})
     return tgz
 
 
 @pytest.mark.parametrize("metadata", ["[" * 30_000 + "]" * 30_000, "NaN", "1e999999", "{not json"])
 async def test_metadata_another_tool_wrote_badly_reads_as_null_and_breaks_no_listing(client, registry, metadata):
     repo = "/".join(unique())
-    _put_helm_with_annotations(registry.url, repo, "1.0.0", {mapping.ANN_METADATA: metadata})
+    _put_helm_with_annotations(registry.url, repo, "1.0.0", {layout.ANN_METADATA: metadata})
     shown = await client.get(f"{API}/{repo}/1.0.0/helm")
     assert shown.status == 200 and (await shown.json())["metadata"] is None
     listed = await client.get(f"{API}/{repo}")
@@ -283,7 +283,7 @@ async def test_metadata_another_tool_wrote_badly_reads_as_null_and_breaks_no_lis
 @pytest.mark.parametrize("created", ["zzzz", "   ", "not-a-date", "2024-13"])
 async def test_a_created_date_that_is_no_date_reads_as_null(client, registry, created):
     ns, name = unique()
-    _put_helm_with_annotations(registry.url, f"{ns}/{name}", "1.0.0", {mapping.ANN_CREATED: created})
+    _put_helm_with_annotations(registry.url, f"{ns}/{name}", "1.0.0", {layout.ANN_CREATED: created})
     assert (await (await client.get(f"{API}/{ns}/{name}/1.0.0/helm")).json())["created_at"] is None
     listed = await (await client.get(API, params={"namespace": ns})).json()
     assert listed[0]["created_at"] is None and listed[0]["updated_at"] is None
@@ -298,8 +298,8 @@ async def test_a_config_nested_too_deep_is_502_not_500(client, registry):
     helpers.put_blob(registry.url, repo, blob)
     helpers.put_blob(registry.url, repo, config)
     helpers.put_manifest(registry.url, repo, "1.0.0", {
-        "schemaVersion": 2, "mediaType": mapping.OCI_MANIFEST, "artifactType": mapping.artifact_type("kpm"),
-        "config": helpers.descriptor(mapping.CNR_CONFIG, config),
-        "layers": [helpers.descriptor(mapping.layer_media_type("kpm"), blob)]})
+        "schemaVersion": 2, "mediaType": layout.OCI_MANIFEST, "artifactType": layout.artifact_type("kpm"),
+        "config": helpers.descriptor(layout.CNR_CONFIG, config),
+        "layers": [helpers.descriptor(layout.layer_media_type("kpm"), blob)]})
     resp = await client.get(f"{API}/{repo}/1.0.0/kpm")
     assert resp.status == 502 and (await resp.json())["code"] == "upstream-unavailable"

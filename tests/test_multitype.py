@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from cnr_oci import mapping
+from cnr_oci import layout, wire
 from tests import helpers
 from tests.helpers import body, chart, kpm, unique
 
@@ -28,20 +28,20 @@ async def both(client):
 async def test_a_second_media_type_turns_the_tag_into_an_index(both, registry):
     pkg, _, _ = both
     index, _ = helpers.manifest(registry.url, pkg, "1.0.0")
-    assert index["mediaType"] == mapping.OCI_INDEX
+    assert index["mediaType"] == layout.OCI_INDEX
     entries = {e["annotations"][ANN]: e for e in index["manifests"]}
     assert set(entries) == {"helm", "kpm"}
     for e in entries.values():
         assert e["platform"] == {"architecture": "unknown", "os": "unknown"}
         child, digest = helpers.manifest(registry.url, pkg, e["digest"])
         assert digest == e["digest"]
-    assert child["mediaType"] == mapping.OCI_MANIFEST
+    assert child["mediaType"] == layout.OCI_MANIFEST
 
 
 async def test_release_lists_both_and_pull_picks_each(client, both):
     pkg, h, k = both
     data = await (await client.get(f"{API}/{pkg}/1.0.0")).json()
-    assert sorted(m["mediaType"] for m in data) == [mapping.manifest_media_type("helm"), mapping.manifest_media_type("kpm")]
+    assert sorted(m["mediaType"] for m in data) == [wire.manifest_media_type("helm"), wire.manifest_media_type("kpm")]
     assert await (await client.get(f"{API}/{pkg}/1.0.0/helm/pull")).read() == h
     assert await (await client.get(f"{API}/{pkg}/1.0.0/kpm/pull")).read() == k
     listed = await (await client.get(API, params={"namespace": pkg.split("/")[0]})).json()
@@ -95,9 +95,9 @@ async def test_a_helm_only_release_never_uses_an_index(client, registry):
     assert (await client.post(f"{API}/{ns}/{name}?force=true", json=body(chart(name, extra=b"2"), media_type="helm"))).status == 200
     top, _ = helpers.manifest(registry.url, f"{ns}/{name}", "1.0.0")
     _, _, headers = helpers._get(f"{registry.url}/v2/{ns}/{name}/manifests/1.0.0",
-                                 f"{mapping.OCI_MANIFEST}, {mapping.OCI_INDEX}")
-    assert headers["Content-Type"] == mapping.OCI_MANIFEST and "manifests" not in top
-    assert top["config"]["mediaType"] == mapping.HELM_CONFIG
+                                 f"{layout.OCI_MANIFEST}, {layout.OCI_INDEX}")
+    assert headers["Content-Type"] == layout.OCI_MANIFEST and "manifests" not in top
+    assert top["config"]["mediaType"] == layout.HELM_CONFIG
 
 
 @pytest.mark.timeout(90)

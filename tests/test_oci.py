@@ -9,7 +9,7 @@ import pytest
 
 from cnr_oci import oci
 from cnr_oci.embedded import free_port
-from cnr_oci.mapping import OCI_MANIFEST
+from cnr_oci.layout import OCI_MANIFEST
 from tests.helpers import unique
 
 
@@ -125,18 +125,14 @@ async def test_an_upload_session_the_registry_purged_is_replaced(client, registr
     assert await client.blob_exists(r, oci.sha256(data))
 
 
-def test_the_lru_is_bounded_by_weight_and_count():
-    from cnr_oci.cache import LRU
+def test_the_manifest_cache_is_bounded_by_bytes_and_keeps_nothing_larger_than_itself():
+    from cachetools import LRUCache
 
-    lru: LRU[str, str] = LRU(maxsize=10, max_weight=100)
+    from cnr_oci.readmodel import _keep
+
+    cache: LRUCache[str, str] = LRUCache(100, getsizeof=len)
     for i in range(5):
-        lru.put(f"k{i}", "v", 30)
-    assert len(lru) == 3 and lru.weight == 90 and lru.get("k0") is None and lru.get("k4") == "v"
-    lru.put("huge", "v", 101)  # larger than the whole budget: not kept, nothing evicted for it
-    assert lru.get("huge") is None and len(lru) == 3
-    lru.put("k4", "w", 10)  # replacing re-weighs
-    assert lru.weight == 70 and lru.get("k4") == "w"
-    small: LRU[int, int] = LRU(maxsize=2)
-    for i in range(5):
-        small.put(i, i)
-    assert len(small) == 2 and small.get(4) == 4
+        _keep(cache, f"k{i}", "x" * 30)
+    assert len(cache) == 3 and cache.currsize == 90 and "k0" not in cache and "k4" in cache
+    _keep(cache, "huge", "x" * 101)  # larger than the whole budget: not kept, nothing evicted for it
+    assert "huge" not in cache and len(cache) == 3

@@ -68,7 +68,7 @@ async def test_a_tag_write_whose_answer_was_lost_is_rolled_back(aiohttp_server, 
     # The next read of the package settles it: the client was told the push failed.
     assert (await client.get(f"{API}/{repo}/1.0.0/kpm")).status == 404
     assert helpers.tags(registry.url, repo) == []
-    assert client.app[appkeys.SERVICE].in_doubt == 0
+    assert client.app[appkeys.STORE].write.in_doubt == 0
 
 
 async def test_registry_killed_during_100_concurrent_pushes(make_client, own_registry):
@@ -94,8 +94,7 @@ async def test_registry_killed_during_100_concurrent_pushes(make_client, own_reg
     assert ok and failed, statuses
     assert {statuses[r] for r in failed} <= {502, 503}, statuses
     own_registry.start()
-    service = client.app[appkeys.SERVICE]
-    left = await service.settle()
+    left = await client.app[appkeys.STORE].write.settle()
     for repo in ok:
         assert await (await client.get(f"{API}/{repo}/1.0.0/kpm/pull")).read() == blobs[repo]
     damaged = {}

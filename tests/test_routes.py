@@ -317,9 +317,9 @@ async def test_identical_listings_asked_at_once_are_built_once(client):
     pkg = "/".join(unique())
     for r in ("1.0.0", "1.1.0"):
         assert (await client.post(f"{API}/{pkg}", json=body(kpm(), release=r))).status == 200
-    service = client.app[appkeys.SERVICE]
+    store = client.app[appkeys.STORE]
     builds = 0
-    real = service._list_manifests
+    real = store.manifests
 
     async def counting(*args, **kwargs):
         nonlocal builds
@@ -327,7 +327,7 @@ async def test_identical_listings_asked_at_once_are_built_once(client):
         await asyncio.sleep(0.2)  # long enough for the other callers to arrive
         return await real(*args, **kwargs)
 
-    service._list_manifests = counting
+    store.manifests = counting  # type: ignore[method-assign]
     answers = await asyncio.gather(*(client.get(f"{API}/{pkg}") for _ in range(5)))
     bodies = [await a.json() for a in answers]
     assert builds == 1 and all(b == bodies[0] for b in bodies) and len(bodies[0]) == 2

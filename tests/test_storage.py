@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from cnr_oci import mapping, schemas
+from cnr_oci import layout, schemas
 from cnr_oci.settings import Settings
 from tests import helpers
 from tests.conftest import start_registry
@@ -27,7 +27,7 @@ async def test_kpm_is_an_oci_artifact_with_the_cnr_config(client, registry):
     await push(client, repo, blob, metadata={"a": 1})
     m, _ = helpers.manifest(registry.url, repo, "1.0.0")
     assert schemas.first_error(schemas.CNR_MANIFEST, m) is None
-    assert m["mediaType"] == mapping.OCI_MANIFEST
+    assert m["mediaType"] == layout.OCI_MANIFEST
     assert m["artifactType"] == "application/vnd.cnr.package.kpm.v1"
     assert m["config"]["mediaType"] == "application/vnd.cnr.package.config.v1+json"
     assert m["layers"][0]["mediaType"] == "application/vnd.cnr.package.kpm.v1.tar+gzip"
@@ -100,7 +100,7 @@ async def test_a_stored_config_that_fails_its_schema_is_a_502(client, registry):
     m, _ = helpers.manifest(registry.url, repo, "1.0.0")
     bad = json.dumps({"package": "NOT VALID"}).encode()
     helpers.put_blob(registry.url, repo, bad)
-    m["config"] = {"mediaType": mapping.CNR_CONFIG, "digest": "sha256:" + sha(bad), "size": len(bad)}
+    m["config"] = {"mediaType": layout.CNR_CONFIG, "digest": "sha256:" + sha(bad), "size": len(bad)}
     helpers.put_manifest(registry.url, repo, "2.0.0", m)
     resp = await client.get(f"{API}/{repo}/2.0.0/kpm")
     assert resp.status == 502 and (await resp.json())["code"] == "upstream-unavailable"
@@ -146,9 +146,9 @@ async def test_a_helm_push_that_is_not_a_chart_is_stored_as_a_generic_artifact(c
     bundle = helpers.tarball({"bundle/bundle.yaml": b"data:\n  packages: []\n"})
     await push(client, repo, bundle, media_type="helm")
     m, _ = helpers.manifest(registry.url, repo, "1.0.0")
-    assert m["artifactType"] == mapping.artifact_type("helm")
-    assert m["config"]["mediaType"] == mapping.CNR_CONFIG
-    assert [layer["mediaType"] for layer in m["layers"]] == [mapping.layer_media_type("helm")]
+    assert m["artifactType"] == layout.artifact_type("helm")
+    assert m["config"]["mediaType"] == layout.CNR_CONFIG
+    assert [layer["mediaType"] for layer in m["layers"]] == [layout.layer_media_type("helm")]
     shown = await (await client.get(f"{API}/{repo}/1.0.0/helm")).json()
     assert shown["content"]["digest"] == sha(bundle)
     assert await (await client.get(f"{API}/{repo}/1.0.0/helm/pull")).read() == bundle
@@ -159,7 +159,7 @@ async def test_a_chart_named_unlike_its_package_is_stored_in_helms_layout(client
     tgz = chart("othername", "2.0.0")
     await push(client, repo, tgz, release="2.0.0", media_type="helm")
     m, _ = helpers.manifest(registry.url, repo, "2.0.0")
-    assert m["config"]["mediaType"] == mapping.HELM_CONFIG and m["layers"][0]["mediaType"] == mapping.HELM_LAYER
+    assert m["config"]["mediaType"] == layout.HELM_CONFIG and m["layers"][0]["mediaType"] == layout.HELM_LAYER
     config = json.loads(helpers.blob(registry.url, repo, m["config"]["digest"]))
     assert config["name"] == "othername"
     assert await (await client.get(f"{API}/{repo}/2.0.0/helm/pull")).read() == tgz

@@ -1,0 +1,96 @@
+"""The catalog: which packages exist, search, and per-package summaries, as the caller may see them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cachetools import TTLCache
+
+from cnr_oci import errors, mapping, oci
+from cnr_oci.auth import identity_key
+from cnr_oci.mapping import Package
+from cnr_oci.readmodel import TTL_ENTRIES, ReadModel
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One package as a listing shows it: releases holding the media types asked for."""
+
+    package: Package
+    releases: list[str]  # descending
+    media_types: list[str]  # those of the highest release
+    created: list[str]  # created dates known, ascending
+
+
+class Catalog:
+    """Lists packages through the registry's catalog; summaries live for the cache TTL per identity."""
+
+    def __init__(self, read: ReadModel) -> None:
+        self.read = read
+        ttl = max(read.cache_ttl, 0.0)
+        self._repos: TTLCache[str, list[str]] = TTLCache(TTL_ENTRIES, ttl)
+        self._summaries: TTLCache[tuple[str, str, str], Summary | None] = TTLCache(TTL_ENTRIES, ttl)
+        read.on_forget.append(self._forget)
+
+    def _forget(self, repo: str, tag: str | None) -> None:
+        for key in [k for k in list(self._summaries.keys()) if k[1] == repo]:
+            self._summaries.pop(key, None)
+        self._repos.clear()
+
+    async def packages(self) -> list[Package]:
+        """Every package in the registry's catalog that the caller may list.
+
+        Raises:
+            Denied, NotFound, UnsupportedOperation: the registry does not let the caller list it.
+        """
+        repos = self._repos.get(identity_key())
+        if repos is None:
+            repos = await self.read.client.catalog()
+            self._repos[identity_key()] = repos
+        return [p for r in repos if (p := mapping.package_from_repository(r, self.read.prefix)) is not None]
+
+    async def search(self, q: str) -> list[str]:
+        """E6: names matching q that the caller can read."""
+        q = q.lower()
+        hits = [p for p in await self.packages() if q in p.full]
+        readable = await self.read.gather(self._readable(p) for p in hits)
+        return sorted(p.full for p, ok in zip(hits, readable) if ok)
+
+    async def _readable(self, pkg: Package) -> bool:
+        try:
+            return bool(await self.read.tags(self.read.repo(pkg)))
+        except (oci.Unauthorized, oci.Denied):
+            return False
+
+    async def summaries(self, namespace: str | None = None, query: str | None = None,
+                        media_type: str | None = None) -> list[Summary]:
+        """E5: every package with a matching release, name ascending."""
+        pkgs = [
+            p for p in await self.packages()
+            if (not namespace or p.namespace == namespace) and (not query or query.lower() in p.full)
+        ]
+        found = await self.read.gather(self._summary(p, media_type) for p in pkgs)
+        return [s for s in found if s is not None]
+
+    async def _summary(self, pkg: Package, media_type: str | None) -> Summary | None:
+        """Cached for the cache TTL, so a warm listing asks the registry nothing per package."""
+        key = (identity_key(), self.read.repo(pkg), media_type or "")
+        if key in self._summaries:
+            return self._summaries[key]
+        summary = await self._compute(pkg, media_type)
+        self._summaries[key] = summary
+        return summary
+
+    async def _compute(self, pkg: Package, media_type: str | None) -> Summary | None:
+        """None when nothing matches or the caller may not read the package."""
+        try:
+            releases = await self.read.releases(pkg)
+            found = [e for e in await self.read.all_entries(pkg, releases)
+                     if media_type is None or e.media_type == media_type]
+        except (errors.PackageNotFound, oci.Unauthorized, oci.Denied, oci.NotFound):
+            return None
+        if not found:
+            return None
+        kept = mapping.sort_releases({e.release for e in found})
+        types = [media_type] if media_type else sorted({e.media_type for e in found if e.release == kept[0]})
+        return Summary(pkg, kept, types, sorted(c for e in found if (c := e.created)))

@@ -1,0 +1,306 @@
+"""The read model: a cached, identity-aware view of the packages an OCI registry holds."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
+
+from cachetools import LRUCache, TTLCache
+
+from cnr_oci import archive, errors, layout, mapping, oci, schemas
+from cnr_oci.auth import identity_key
+from cnr_oci.layout import Manifest
+from cnr_oci.mapping import Package
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# Requests to the registry one listing may have in flight at once.
+DEFAULT_FANOUT = 16
+# Raw bytes of manifests, and of configs, kept parsed in memory (each cache).
+CACHE_BYTES = 32 * 1024 * 1024
+# Tag lists, tag digests and catalogs kept (each cache), for --cache-ttl.
+TTL_ENTRIES = 100_000
+# Configs larger than this are parsed and schema-checked in a worker thread.
+OFF_LOOP = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One (release, media type) of a package, as stored."""
+
+    release: str
+    media_type: str
+    digest: str
+    manifest: dict[str, Any]
+    layer: dict[str, Any]
+
+    @property
+    def created(self) -> str | None:
+        return layout.manifest_created(self.manifest)
+
+
+@dataclass
+class Contents:
+    """What one release tag holds: the top manifest and its children.
+
+    ``children`` are index entries (a single manifest counts as one child);
+    ``packages`` maps each CNR media type to its child descriptor and manifest.
+    """
+
+    top: Manifest | None
+    children: list[dict[str, Any]]
+    packages: dict[str, tuple[dict[str, Any], Manifest]]
+
+
+@dataclass(frozen=True)
+class Details:
+    """What a release carries beside its blob: CNR metadata and when it was created."""
+
+    metadata: Any
+    created: str | None
+
+
+def parse_stored(raw: bytes, schema: str, where: str) -> dict[str, Any]:
+    """A config blob read back from the registry, checked against its schema.
+
+    Raises:
+        InvalidResponse: it is not JSON, nests too deep, or does not match its schema.
+    """
+    try:
+        doc = archive.load_json(raw, "config")
+    except errors.CnrError as exc:
+        raise oci.InvalidResponse(f"config {where}: {exc.message}") from exc
+    problem = schemas.first_error(schema, doc)
+    if problem:
+        raise oci.InvalidResponse(
+            f"stored document at {where} does not match schema {schema}: {problem[0] or '(root)'}: {problem[1]}"
+        )
+    return doc  # type: ignore[no-any-return]
+
+
+def _keep(cache: LRUCache[str, Any], key: str, value: Any) -> None:
+    try:
+        cache[key] = value
+    except ValueError:  # larger than the whole cache: not kept
+        pass
+
+
+class ReadModel:
+    """Tags, manifests, release contents and blobs of packages, as the calling identity sees them.
+
+    Tag lists and tag digests live ``cache_ttl`` seconds per identity; manifests and configs, which
+    are immutable by digest, live in LRUs weighed by bytes. Only the leaf registry calls take a
+    fan-out slot: a slot held while waiting for another slot deadlocks once the width is reached.
+    """
+
+    def __init__(self, client: oci.OciClient, prefix: str = "", *, cache_ttl: float = 2.0,
+                 fanout: int | None = None) -> None:
+        self.client = client
+        self.prefix = prefix.strip("/")
+        self.cache_ttl = cache_ttl
+        ttl = max(cache_ttl, 0.0)
+        # What a caller may see depends on who it is: these caches are per identity.
+        self._tags: TTLCache[tuple[str, str], list[str]] = TTLCache(TTL_ENTRIES, ttl)
+        self._tag_digest: TTLCache[tuple[str, str, str], str] = TTLCache(TTL_ENTRIES, ttl)
+        # Weighed by raw bytes: one manifest or config may be 4 MiB (and parse to several times that).
+        self._manifests: LRUCache[str, Manifest] = LRUCache(CACHE_BYTES, getsizeof=lambda m: len(m.raw))
+        self._configs: LRUCache[str, tuple[dict[str, Any], int]] = LRUCache(CACHE_BYTES, getsizeof=lambda c: c[1])
+        self._fanout = asyncio.Semaphore(fanout or DEFAULT_FANOUT)
+        self._inflight: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
+        # Run before a release listing: the write path settles tag writes of unknown outcome there.
+        self.before_listing: Callable[[str], Awaitable[None]] | None = None
+        # Called with (repository, tag or None) whenever a write made cached reads stale.
+        self.on_forget: list[Callable[[str, str | None], None]] = []
+
+    def repo(self, pkg: Package) -> str:
+        return pkg.repository(self.prefix)
+
+    async def bounded(self, aw: Awaitable[T]) -> T:
+        """A leaf registry call, counted against the fan-out width."""
+        async with self._fanout:
+            return await aw
+
+    @staticmethod
+    async def gather(aws: Iterable[Awaitable[T]]) -> list[T]:
+        return list(await asyncio.gather(*aws))
+
+    async def once(self, key: tuple[Any, ...], make: Callable[[], Awaitable[T]]) -> T:
+        """Single flight: concurrent callers with one key share one computation."""
+        running = self._inflight.get(key)
+        if running is None:
+            running = asyncio.ensure_future(make())
+            self._inflight[key] = running
+            running.add_done_callback(lambda _: self._inflight.pop(key, None))
+        result: T = await asyncio.shield(running)
+        return result
+
+    def forget(self, repo: str, tag: str | None = None) -> None:
+        """Drop what our own write made stale, for every identity."""
+        for key in [k for k in list(self._tags.keys()) if k[1] == repo]:
+            self._tags.pop(key, None)
+        if tag is not None:
+            for dkey in [k for k in list(self._tag_digest.keys()) if k[1] == repo and k[2] == tag]:
+                self._tag_digest.pop(dkey, None)
+        for hook in self.on_forget:
+            hook(repo, tag)
+
+    # -- tags and manifests --------------------------------------------------------------------------
+
+    async def tags(self, repo: str) -> list[str]:
+        key = (identity_key(), repo)
+        tags = self._tags.get(key)
+        if tags is None:
+            try:
+                tags = await self.bounded(self.client.tags(repo))
+            except oci.NotFound:
+                tags = []
+            self._tags[key] = tags
+        return tags
+
+    async def manifest(self, repo: str, ref: str, fresh: bool = False) -> Manifest | None:
+        """A manifest by tag or digest; by digest it is immutable and kept in the LRU."""
+        digest = ref if ref.startswith("sha256:") else None
+        if digest is None and not fresh:
+            digest = self._tag_digest.get((identity_key(), repo, ref))
+        if digest is not None:
+            cached = self._manifests.get(digest)
+            if cached is not None:
+                return cached
+        try:
+            m = await self.bounded(self.client.get_manifest(repo, digest or ref))
+        except oci.NotFound:
+            return None
+        _keep(self._manifests, m.digest, m)
+        if not ref.startswith("sha256:"):
+            self._tag_digest[(identity_key(), repo, ref)] = m.digest
+        return m
+
+    async def config(self, repo: str, desc: dict[str, Any], schema: str) -> dict[str, Any]:
+        """A config blob (a package's or a channel's), checked against its schema; immutable by digest."""
+        digest = str(desc.get("digest"))
+        cached = self._configs.get(digest)
+        if cached is None:
+            raw = await self.bounded(self.client.get_small_blob(repo, digest))
+            where = f"{repo}@{digest}"
+            if len(raw) > OFF_LOOP:  # big metadata: parsing and checking it would stall the loop
+                doc = await asyncio.to_thread(parse_stored, raw, schema, where)
+            else:
+                doc = parse_stored(raw, schema, where)
+            cached = (doc, len(raw))
+            _keep(self._configs, digest, cached)
+        return cached[0]
+
+    # -- releases ------------------------------------------------------------------------------------
+
+    async def releases(self, pkg: Package) -> list[str]:
+        """Every semver tag of the package, descending. 404 when there is none."""
+        repo = self.repo(pkg)
+        if self.before_listing is not None:
+            await self.before_listing(repo)
+        found = [r for t in await self.tags(repo) if (r := mapping.tag_to_release(t))]
+        if not found:
+            raise errors.PackageNotFound(
+                f"package {pkg.full} not found", {"package": pkg.full, "release": None, "media_type": None}
+            )
+        return mapping.sort_releases(found)
+
+    async def contents(self, repo: str, release: str, fresh: bool = False) -> Contents:
+        """Read a release tag: a package manifest, an image, or an index of both."""
+        top = await self.manifest(repo, mapping.release_to_tag(release), fresh)
+        if top is None:
+            return Contents(None, [], {})
+        if top.doc.get("manifests") is None:
+            media_type = layout.package_type(top)
+            if media_type is not None:
+                desc = layout.package_descriptor(media_type, top)
+                return Contents(top, [desc], {media_type: (desc, top)})
+            return Contents(top, [await self._image_descriptor(repo, top)], {})
+        children = layout.index_children(top)
+        candidates = [d for d in children if layout.may_hold_package(d)]
+        found = await self.gather(self.manifest(repo, d["digest"]) for d in candidates)
+        packages: dict[str, tuple[dict[str, Any], Manifest]] = {}
+        for d, m in zip(candidates, found):
+            media_type = layout.package_type(m) if m is not None else None
+            if m is not None and media_type is not None:
+                packages.setdefault(media_type, (d, m))
+        return Contents(top, children, packages)
+
+    async def _image_descriptor(self, repo: str, m: Manifest) -> dict[str, Any]:
+        config = m.doc.get("config") or {}
+        platform = None
+        if isinstance(config.get("digest"), str):
+            try:
+                platform = layout.image_platform(await self.bounded(self.client.get_small_blob(repo, config["digest"])))
+            except oci.RegistryError:
+                pass
+        return layout.image_descriptor(m, platform)
+
+    async def entries(self, pkg: Package, release: str, fresh: bool = False) -> list[Entry]:
+        """The packages a release tag holds: one for a manifest, several for an index."""
+        c = await self.contents(self.repo(pkg), release, fresh)
+        return [
+            Entry(release, mt, m.digest, m.doc, layout.content_layer(m.doc) or {})
+            for mt, (_, m) in sorted(c.packages.items())
+        ]
+
+    async def all_entries(self, pkg: Package, releases: list[str]) -> list[Entry]:
+        per = await self.gather(self.entries(pkg, r) for r in releases)
+        return [e for es in per for e in es]
+
+    async def resolve(self, pkg: Package, query: str | None, media_type: str) -> Entry:
+        """The entry a version query and media type select (E10, E12).
+
+        Raises:
+            InvalidRelease: the query cannot be parsed.
+            PackageNotFound: no package, or no matching release holds the media type.
+            ReleaseNotFound: no release matches the query.
+            InvalidUsage: media type '-' on a release holding several.
+        """
+        mapping.check_query(query)
+        candidates = mapping.match_releases(await self.releases(pkg), query)
+        if not candidates:
+            raise errors.ReleaseNotFound(
+                f"no release of {pkg.full} matches {query!r}", {"package": pkg.full, "release_query": query},
+            )
+        for release in candidates:
+            found = await self.entries(pkg, release)
+            if media_type == "-":
+                if len(found) > 1:
+                    names = sorted(e.media_type for e in found)
+                    raise errors.InvalidUsage(
+                        f"release {release} of {pkg.full} holds several media types: {', '.join(names)}; name one",
+                        {"package": pkg.full, "release": release, "media_types": names},
+                    )
+                if found:
+                    return found[0]
+            else:
+                for e in found:
+                    if e.media_type == media_type:
+                        return e
+        raise errors.PackageNotFound(
+            f"package {pkg.full} has no release matching {query!r} with media type {media_type}",
+            {"package": pkg.full, "release": query, "media_type": media_type},
+        )
+
+    async def details(self, pkg: Package, e: Entry) -> Details:
+        """A release's metadata and created date, from its config (cnr-oci's artifacts) or its
+        annotations (charts); for content cnr-oci did not write, what the manifest says, else null."""
+        ann = e.manifest.get("annotations") or {}
+        created = e.created
+        metadata: Any = None
+        if layout.is_cnr_config(e.manifest):
+            cfg = await self.config(self.repo(pkg), e.manifest["config"], schemas.CNR_CONFIG)
+            metadata = cfg.get("metadata")
+            created = created or layout.created_date(cfg.get("created_at"))
+        elif layout.ANN_METADATA in ann:
+            try:  # bounded and strict: another tool may have written anything there
+                metadata = archive.load_json(str(ann[layout.ANN_METADATA]), "metadata annotation")
+            except errors.CnrError:
+                metadata = None
+        return Details(metadata, created)
+
+    async def open_blob(self, pkg: Package, digest: str) -> oci.BlobStream:
+        """A verified stream of one blob of the package."""
+        return await self.client.open_blob(self.repo(pkg), digest)
