@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from cnr_oci import archive, errors, helm
 from cnr_oci.mapping import Package
@@ -390,40 +389,6 @@ def test_values_json_cannot_carry_are_400(value):
     assert "JSON" in err.message
 
 
-def test_scalars_in_string_fields_are_kept_as_helm_keeps_them():
-    text = ("apiVersion: v2\nname: demo\nversion: 1.0.0\ndescription: 5\nappVersion: 1.10\n"
-            "keywords: [1, true]\nannotations: {a: 1, b: false}\ndeprecated: true\ncreated: 2020-01-01\n")
-    chart = archive.inspect_tarball(chart_tgz("demo", text), "helm")
-    config = json.loads(helm.helm_config(chart))
-    assert config["description"] == "5" and config["appVersion"] == "1.1"
-    assert config["keywords"] == ["1", "true"]
-    assert config["annotations"] == {"a": "1", "b": "false"}
-    assert config["deprecated"] is True
-    assert chart["created"] == "2020-01-01"  # no timestamp resolution: a string, as helm reads it
-
-
-def test_ordinary_chart_fields_give_the_same_helm_config_bytes():
-    text = (
-        "apiVersion: v2\nname: demo\nversion: 1.0.0\ndescription: Demo <chart> & co\n"
-        "home: https://example.com/home\nsources:\n  - https://example.com/src\n"
-        "keywords: [a, b]\nmaintainers:\n  - name: Ann\n    email: ann@example.com\n  - name: Bob\n"
-        "kubeVersion: \">=1.19.0-0\"\nappVersion: \"2.1\"\ntype: application\n"
-        "annotations:\n  example.com/team: platform\n"
-        "dependencies:\n  - name: db\n    version: 1.x\n    repository: https://charts.example.com\n"
-        "    condition: db.enabled\n    tags: [back]\n    import-values: [data, {child: a, parent: b}]\n"
-    )
-    chart = archive.inspect_tarball(chart_tgz("demo", text), "helm")
-    assert helm.helm_config(chart) == (
-        b'{"name":"demo","home":"https://example.com/home","sources":["https://example.com/src"],'
-        b'"version":"1.0.0","description":"Demo \\u003cchart\\u003e \\u0026 co","keywords":["a","b"],'
-        b'"maintainers":[{"name":"Ann","email":"ann@example.com"},{"name":"Bob"}],"apiVersion":"v2",'
-        b'"appVersion":"2.1","annotations":{"example.com/team":"platform"},"kubeVersion":"\\u003e=1.19.0-0",'
-        b'"dependencies":[{"name":"db","version":"1.x","repository":"https://charts.example.com",'
-        b'"condition":"db.enabled","tags":["back"],"import-values":["data",{"child":"a","parent":"b"}]}],'
-        b'"type":"application"}'
-    )
-
-
 # -- defect 16a: deep JSON --------------------------------------------------------------------------------
 
 
@@ -544,9 +509,3 @@ def test_helper_builders_are_accepted():
     assert archive.inspect_tarball(helpers.chart("demo"), "helm")["name"] == "demo"
     assert archive.inspect_tarball(helpers.kpm(), "kpm") is None
     assert base64.b64decode(helpers.body(helpers.kpm())["blob"]) == helpers.kpm()
-
-
-def test_the_chart_schema_follows_helms_metadata_fields():
-    schema = json.loads((Path(__file__).parent.parent / "schemas" / "chart.schema.json").read_text())
-    assert list(schema["properties"]) == helm._HELM_FIELDS
-    assert yaml.safe_load("a: 1") == {"a": 1}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cnr_oci import errors, layout, mapping
+from cnr_oci import errors, mapping
 
 
 @pytest.mark.parametrize("ns,name", [("a", "b"), ("my-org", "my.app"), ("a_b", "c__d"), ("x9", "a--b")])
@@ -93,18 +93,6 @@ def test_unparseable_query_is_invalid_release():
 
 def test_releases_sort_semver_descending():
     assert mapping.sort_releases(["1.10.0", "1.9.0", "1.10.0-rc.1"]) == ["1.10.0", "1.10.0-rc.1", "1.9.0"]
-
-
-def test_classify_by_artifact_type_then_config_then_layer():
-    d = {"digest": "sha256:" + "0" * 64, "size": 1}
-    assert layout.classify({"artifactType": "application/vnd.cnr.package.kpm.v1"}) == "kpm"
-    assert layout.classify({"config": {"mediaType": layout.HELM_CONFIG, **d}, "layers": []}) == "helm"
-    assert layout.classify({"config": {"mediaType": "x"}, "layers": [{"mediaType": layout.HELM_LAYER}]}) == "helm"
-    assert layout.classify({"config": {"mediaType": layout.CNR_CONFIG},
-                             "layers": [{"mediaType": layout.layer_media_type("dab")}]}) == "dab"
-    image = {"config": {"mediaType": "application/vnd.oci.image.config.v1+json"},
-             "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip"}]}
-    assert layout.classify(image) is None
 
 
 def test_digest_check():
