@@ -200,11 +200,11 @@ def _b64decode(text: str) -> bytes:
 # -- gzip + tar ---------------------------------------------------------------------------------------
 
 
-class TarFormatError(ValueError):
+class TarFormatError(errors.CnrOciError):
     """The bytes are not a (gzipped) tar archive."""
 
 
-class TarLimitError(ValueError):
+class TarLimitError(errors.CnrOciError):
     """The archive is well formed as far as read, but exceeds one of the limits above."""
 
     def __init__(self, message: str, limit: int) -> None:

@@ -14,6 +14,7 @@ import aiohttp
 from yarl import URL
 
 from cnr_oci.auth import IDENTITY, Credentials
+from cnr_oci.errors import CnrOciError
 from cnr_oci.challenge import Authenticator, Challenge, TokenRefused, TokenUnavailable, parse_challenge, scope_for
 from cnr_oci.mapping import MANIFEST_ACCEPT
 from cnr_oci.metrics import Metrics
@@ -34,7 +35,7 @@ IDEMPOTENT = frozenset({"GET", "HEAD"})
 STREAM_BODY = 64 * 1024  # larger bodies are sent from a BytesIO, in chunks
 
 
-class RegistryError(Exception):
+class RegistryError(CnrOciError):
     """Base of every error the registry client raises; keeps the upstream body for the log."""
 
     def __init__(self, message: str, status: int = 0, code: str = "", body: str = "") -> None:
