@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from cnr_oci import appkeys, errors, oci
+from cnr_oci import appkeys, errors, upstream
 from cnr_oci.auth import IDENTITY, TokenCodec, load_secret, parse_authorization, service_credentials
 from cnr_oci.embedded import EmbeddedRegistry, has_users, htpasswd_path
 from cnr_oci.oci import OciClient
@@ -29,16 +29,16 @@ STREAMING = web.RequestKey("streaming", bool)
 READ_BUFSIZE = 4 * 1024 * 1024
 
 # Registry errors become CNR errors here, and only here.
-_REGISTRY_TO_CNR: list[tuple[type[oci.RegistryError], type[errors.CnrError]]] = [
-    (oci.Unauthorized, errors.Unauthorized),
-    (oci.Denied, errors.Forbidden),
-    (oci.NotFound, errors.ResourceNotFound),
-    (oci.UnsupportedOperation, errors.Unsupported),
-    (oci.TooLarge, errors.PayloadTooLarge),
-    (oci.TooManyRequests, errors.UpstreamUnavailable),
-    (oci.RegistryUnavailable, errors.UpstreamUnavailable),
-    (oci.InvalidResponse, errors.UpstreamBadGateway),
-    (oci.RegistryError, errors.UpstreamBadGateway),
+_REGISTRY_TO_CNR: list[tuple[type[upstream.RegistryError], type[errors.CnrError]]] = [
+    (upstream.Unauthorized, errors.Unauthorized),
+    (upstream.Denied, errors.Forbidden),
+    (upstream.NotFound, errors.ResourceNotFound),
+    (upstream.UnsupportedOperation, errors.Unsupported),
+    (upstream.TooLarge, errors.PayloadTooLarge),
+    (upstream.TooManyRequests, errors.UpstreamUnavailable),
+    (upstream.RegistryUnavailable, errors.UpstreamUnavailable),
+    (upstream.InvalidResponse, errors.UpstreamBadGateway),
+    (upstream.RegistryError, errors.UpstreamBadGateway),
 ]
 _HTTP_TO_CNR = {
     404: errors.ResourceNotFound,
@@ -47,11 +47,11 @@ _HTTP_TO_CNR = {
 }
 
 
-def registry_to_cnr(exc: oci.RegistryError, request: web.Request) -> errors.CnrError:
+def registry_to_cnr(exc: upstream.RegistryError, request: web.Request) -> errors.CnrError:
     for source, target in _REGISTRY_TO_CNR:
         if isinstance(exc, source):
             details: dict[str, object] = {}
-            if isinstance(exc, oci.Denied):
+            if isinstance(exc, upstream.Denied):
                 m = request.match_info
                 details = {"package": f"{m['ns']}/{m['name']}" if "ns" in m else None, "scopes": exc.scopes}
             return target(f"registry: {exc}", details)
@@ -71,7 +71,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             # Headers are gone: abort the connection, never finish a wrong body.
             log.warning("aborting stream for %s %s: %s", request.method, request.path, exc)
             raise
-        if isinstance(exc, oci.RegistryError):
+        if isinstance(exc, upstream.RegistryError):
             cnr = registry_to_cnr(exc, request)
             # A refusal (401, 403, 404) is the caller's business, and anyone can cause one: INFO,
             # so an anonymous caller cannot flood the log at WARNING.

@@ -15,7 +15,7 @@ from cnr_oci import __version__, appkeys, archive, errors, mapping, server
 from cnr_oci.app import STREAMING
 from cnr_oci.auth import IDENTITY, Credentials
 from cnr_oci.mapping import Package
-from cnr_oci.oci import BlobStream
+from cnr_oci.blobs import BlobStream
 from cnr_oci.service import PackageService, encode_json
 
 APPR_API_VERSION = "0.7.4"

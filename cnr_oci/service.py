@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 
-from cnr_oci import errors, mapping, oci, schemas
+from cnr_oci import blobs, errors, mapping, oci, schemas, upstream
 from cnr_oci.auth import IDENTITY, Credentials, identity_key
 from cnr_oci.archive import PushInput, helm_config, load_json
 from cnr_oci.cache import LRU, TTLCache
@@ -48,9 +48,9 @@ class Contents:
     ``packages`` maps each CNR media type to its child descriptor and manifest.
     """
 
-    top: oci.Manifest | None
+    top: upstream.Manifest | None
     children: list[dict[str, Any]]
-    packages: dict[str, tuple[dict[str, Any], oci.Manifest]]
+    packages: dict[str, tuple[dict[str, Any], upstream.Manifest]]
 
     @property
     def is_index(self) -> bool:
@@ -60,11 +60,11 @@ class Contents:
 @dataclass(frozen=True)
 class InDoubt:
     digest: str  # what the tag points to if the failed write went through
-    previous: oci.Manifest | None  # what it pointed to before
+    previous: upstream.Manifest | None  # what it pointed to before
     identity: Credentials | None
 
 
-def _package_type(m: oci.Manifest) -> str | None:
+def _package_type(m: upstream.Manifest) -> str | None:
     """The CNR media type of a manifest that holds a package tarball, else None."""
     media_type = mapping.classify(m.doc)
     return media_type if media_type is not None and mapping.content_layer(m.doc) is not None else None
@@ -75,7 +75,7 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def package_descriptor(media_type: str, m: oci.Manifest) -> dict[str, Any]:
+def package_descriptor(media_type: str, m: upstream.Manifest) -> dict[str, Any]:
     """An index entry for a package: platform unknown/unknown, as buildx does for attestations,
     so docker and containerd still pick the image by platform.
 
@@ -95,7 +95,7 @@ def _canonical(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
 
-def _refused(exc: oci.RegistryError, details: dict[str, Any]) -> errors.CnrError:
+def _refused(exc: upstream.RegistryError, details: dict[str, Any]) -> errors.CnrError:
     return errors.Unsupported(
         f"the registry refuses deletion ({exc.status} {exc.code or 'UNSUPPORTED'}); nothing was deleted",
         details,
@@ -154,7 +154,7 @@ class PackageService:
         self._catalog: TTLCache[str, list[str]] = TTLCache(cache_ttl)
         self._summaries: TTLCache[tuple[str, str, str], dict[str, Any] | None] = TTLCache(cache_ttl)
         # Weighed by raw bytes: one manifest or config may be 4 MiB (and parse to several times that).
-        self._manifests: LRU[str, oci.Manifest] = LRU(manifest_cache, max_weight=CACHE_BYTES)
+        self._manifests: LRU[str, upstream.Manifest] = LRU(manifest_cache, max_weight=CACHE_BYTES)
         self._configs: LRU[str, dict[str, Any]] = LRU(manifest_cache, max_weight=CACHE_BYTES)
         self._blob_home: LRU[str, str] = LRU(manifest_cache)
         self._fanout = asyncio.Semaphore(fanout or DEFAULT_FANOUT)
@@ -189,12 +189,12 @@ class PackageService:
         if tags is None:
             try:
                 tags = await self._bounded(self.oci.tags(repo))
-            except oci.NotFound:
+            except upstream.NotFound:
                 tags = []
             self._tags.put(key, tags)
         return tags
 
-    async def _manifest(self, repo: str, ref: str, fresh: bool = False) -> oci.Manifest | None:
+    async def _manifest(self, repo: str, ref: str, fresh: bool = False) -> upstream.Manifest | None:
         """A manifest by tag or digest; by digest it is immutable and kept in the LRU."""
         digest = ref if ref.startswith("sha256:") else None
         if digest is None and not fresh:
@@ -205,7 +205,7 @@ class PackageService:
                 return cached
         try:
             m = await self._bounded(self.oci.get_manifest(repo, digest or ref))
-        except oci.NotFound:
+        except upstream.NotFound:
             return None
         self._manifests.put(m.digest, m, len(m.raw))
         if not ref.startswith("sha256:"):
@@ -242,14 +242,14 @@ class PackageService:
             if (d.get("annotations") or {}).get(mapping.ANN_MEDIA_TYPE) or d.get("platform") == UNKNOWN_PLATFORM
         ]
         found = await self._gather(self._manifest(repo, d["digest"]) for d in candidates)
-        packages: dict[str, tuple[dict[str, Any], oci.Manifest]] = {}
+        packages: dict[str, tuple[dict[str, Any], upstream.Manifest]] = {}
         for d, m in zip(candidates, found):
             media_type = _package_type(m) if m is not None else None
             if m is not None and media_type is not None:
                 packages.setdefault(media_type, (d, m))
         return Contents(top, children, packages)
 
-    async def _image_descriptor(self, repo: str, m: oci.Manifest) -> dict[str, Any]:
+    async def _image_descriptor(self, repo: str, m: upstream.Manifest) -> dict[str, Any]:
         """An index entry for a container image that a release tag held, with its platform."""
         desc: dict[str, Any] = {"mediaType": m.media_type, "digest": m.digest, "size": len(m.raw)}
         config = m.doc.get("config") or {}
@@ -259,7 +259,7 @@ class PackageService:
                 platform = {k: cfg[k] for k in ("architecture", "os", "variant") if isinstance(cfg.get(k), str)}
                 if "architecture" in platform and "os" in platform:
                     desc["platform"] = platform
-            except (oci.RegistryError, ValueError, AttributeError):
+            except (upstream.RegistryError, ValueError, AttributeError):
                 pass
         return desc
 
@@ -410,7 +410,7 @@ class PackageService:
         if repos is None:
             try:
                 repos = await self.oci.catalog()
-            except (oci.Denied, oci.NotFound, oci.UnsupportedOperation) as exc:
+            except (upstream.Denied, upstream.NotFound, upstream.UnsupportedOperation) as exc:
                 raise errors.Forbidden(
                     "the registry does not let this identity list its catalog, so packages "
                     "cannot be listed or searched here; name the package directly",
@@ -434,7 +434,7 @@ class PackageService:
     async def _readable(self, pkg: Package) -> bool:
         try:
             return bool(await self._tags_of(self.repo(pkg)))
-        except (oci.Unauthorized, oci.Denied):
+        except (upstream.Unauthorized, upstream.Denied):
             return False
 
     async def list_packages(
@@ -465,7 +465,7 @@ class PackageService:
             releases = await self.releases(pkg)
             found = [e for e in await self.all_entries(pkg, releases)
                      if media_type is None or e.media_type == media_type]
-        except (errors.PackageNotFound, oci.Unauthorized, oci.Denied, oci.NotFound):
+        except (errors.PackageNotFound, upstream.Unauthorized, upstream.Denied, upstream.NotFound):
             return None
         if not found:
             return None
@@ -486,10 +486,10 @@ class PackageService:
             "channels": None,
         }
 
-    async def open_blob(self, pkg: Package, digest: str) -> oci.BlobStream:
+    async def open_blob(self, pkg: Package, digest: str) -> blobs.BlobStream:
         try:
             return await self.oci.open_blob(self.repo(pkg), digest)
-        except oci.NotFound as exc:
+        except upstream.NotFound as exc:
             raise errors.PackageNotFound(
                 f"blob {digest} not found in {pkg.full}",
                 {"package": pkg.full, "release": digest, "media_type": None},
@@ -498,7 +498,7 @@ class PackageService:
     # -- writing ---------------------------------------------------------------
 
     @asynccontextmanager
-    async def push_rights(self, pkg: Package) -> AsyncIterator[oci.UploadSession]:
+    async def push_rights(self, pkg: Package) -> AsyncIterator[blobs.UploadSession]:
         """Prove the caller may push to the package, before its body is read: an upload
         session is opened as the caller, handed to push() for the blob, and cancelled if unused.
 
@@ -511,7 +511,7 @@ class PackageService:
         finally:
             await self.oci.cancel_upload(session)
 
-    async def push(self, pkg: Package, inp: PushInput, session: oci.UploadSession | None = None) -> None:
+    async def push(self, pkg: Package, inp: PushInput, session: blobs.UploadSession | None = None) -> None:
         """Store a package; the tag is written last, so a failure leaves nothing visible.
 
         A release that already holds other media types, or a container image, becomes
@@ -537,10 +537,10 @@ class PackageService:
             # uploads of one digest commit into the same repository.
             await asyncio.gather(
                 self.oci.upload_blob(repo, inp.digest, inp.blob, self._mount_source(inp.digest, repo), session),
-                self.oci.upload_blob(repo, oci.sha256(config), config),
+                self.oci.upload_blob(repo, upstream.sha256(config), config),
             )
             self._blob_home.put(inp.digest, repo)
-            new = oci.Manifest(oci.sha256(raw), mapping.OCI_MANIFEST, raw, json.loads(raw))
+            new = upstream.Manifest(upstream.sha256(raw), mapping.OCI_MANIFEST, raw, json.loads(raw))
             replaced = held.packages.get(inp.media_type, ({}, None))[0].get("digest")
             children = [c for c in held.children if c["digest"] != replaced]
             children.append(package_descriptor(inp.media_type, new))
@@ -553,7 +553,7 @@ class PackageService:
 
     async def _write_tag(
         self, repo: str, tag: str, held: Contents, children: list[dict[str, Any]],
-        known: dict[str, oci.Manifest] | None = None,
+        known: dict[str, upstream.Manifest] | None = None,
     ) -> None:
         """Point a release tag at what it now holds: nothing, one manifest, or an index."""
         if not children:
@@ -584,7 +584,7 @@ class PackageService:
         """
         try:
             tags = [t for t in await self._bounded(self.oci.tags(repo)) if t != tag]
-        except oci.NotFound:
+        except upstream.NotFound:
             return
         heads = await self._gather(self._bounded(self.oci.head_manifest(repo, t)) for t in tags)
         others = sorted(t for t, d in zip(tags, heads) if d == digest)
@@ -599,15 +599,15 @@ class PackageService:
         """Whether a tag is certainly absent (False when the registry cannot say)."""
         try:
             return await self.oci.head_manifest(repo, tag) is None
-        except oci.RegistryError:
+        except upstream.RegistryError:
             return False
 
-    async def _put_tag(self, repo: str, tag: str, raw: bytes, media_type: str, previous: oci.Manifest | None) -> None:
+    async def _put_tag(self, repo: str, tag: str, raw: bytes, media_type: str, previous: upstream.Manifest | None) -> None:
         """The one write that makes a release visible; if its outcome is unknown, remember it."""
         try:
             await self.oci.put_manifest(repo, tag, raw, media_type)
-        except (oci.RegistryUnavailable, oci.InvalidResponse):
-            self._in_doubt[(repo, tag)] = InDoubt(oci.sha256(raw), previous, IDENTITY.get())
+        except (upstream.RegistryUnavailable, upstream.InvalidResponse):
+            self._in_doubt[(repo, tag)] = InDoubt(upstream.sha256(raw), previous, IDENTITY.get())
             raise
 
     @property
@@ -632,15 +632,15 @@ class PackageService:
                     try:
                         await self.oci.delete_manifest(key[0], d.digest)
                         log.warning("rolled back a tag write that failed with an unknown outcome: %s:%s", *key)
-                    except oci.NotFound:
+                    except upstream.NotFound:
                         pass  # it never landed
                 elif await self.oci.head_manifest(*key) == d.digest:
                     await self.oci.put_manifest(*key, d.previous.raw, d.previous.media_type or mapping.OCI_MANIFEST)
                     log.warning("rolled back a tag write that failed with an unknown outcome: %s:%s", *key)
                 self._in_doubt.pop(key, None)
-            except (oci.RegistryUnavailable, oci.InvalidResponse) as exc:
+            except (upstream.RegistryUnavailable, upstream.InvalidResponse) as exc:
                 log.info("cannot settle %s:%s yet: %s", *key, exc)
-            except oci.RegistryError as exc:
+            except upstream.RegistryError as exc:
                 log.error("cannot roll back %s:%s (%s); it stays as the registry has it", *key, exc)
                 self._in_doubt.pop(key, None)
             finally:
@@ -686,7 +686,7 @@ class PackageService:
             # differs from helm's only in documented annotations.
             **({} if inp.chart is not None else {"mediaType": mapping.OCI_MANIFEST}),
             **extra,
-            "config": mapping.descriptor(config_type, config, oci.sha256(config)),
+            "config": mapping.descriptor(config_type, config, upstream.sha256(config)),
             "layers": [layer],
             "annotations": annotations,
         }
@@ -738,12 +738,12 @@ class PackageService:
             children = [c for c in held.children if c["digest"] != gone]
             try:
                 await self._write_tag(repo, tag, held, children)
-            except oci.UnsupportedOperation as exc:
+            except upstream.UnsupportedOperation as exc:
                 raise _refused(exc, {"package": pkg.full, "release": release}) from exc
             except errors.ResourceInUse as exc:
                 exc.details.update(package=pkg.full, release=release)
                 raise
-            except (oci.RegistryUnavailable, oci.InvalidResponse):
+            except (upstream.RegistryUnavailable, upstream.InvalidResponse):
                 # The answer was lost: the delete may have happened. If the tag is gone, it did.
                 if children or not await self._gone(repo, tag):
                     raise
@@ -756,7 +756,7 @@ class PackageService:
 
     # -- channels ----------------------------------------------------------------
 
-    async def _read_channel(self, repo: str, name: str, fresh: bool = False) -> tuple[dict[str, Any], oci.Manifest] | None:
+    async def _read_channel(self, repo: str, name: str, fresh: bool = False) -> tuple[dict[str, Any], upstream.Manifest] | None:
         m = await self._manifest(repo, mapping.channel_tag(name), fresh)
         if m is None or (m.doc.get("config") or {}).get("mediaType") != mapping.CHANNEL_CONFIG:
             return None
@@ -788,7 +788,7 @@ class PackageService:
             raise _channel_missing(pkg, name)
         return visible
 
-    async def _existing_channel(self, pkg: Package, name: str, fresh: bool = False) -> tuple[dict[str, Any], oci.Manifest]:
+    async def _existing_channel(self, pkg: Package, name: str, fresh: bool = False) -> tuple[dict[str, Any], upstream.Manifest]:
         found = await self._read_channel(self.repo(pkg), name, fresh)
         if found is None:
             raise _channel_missing(pkg, name)
@@ -799,14 +799,14 @@ class PackageService:
         repo = self.repo(pkg)
         _check_written(schemas.CHANNEL, doc)
         config = _canonical(doc)
-        await self.oci.upload_blob(repo, oci.sha256(config), config)
-        await self.oci.upload_blob(repo, oci.sha256(EMPTY_JSON), EMPTY_JSON)
+        await self.oci.upload_blob(repo, upstream.sha256(config), config)
+        await self.oci.upload_blob(repo, upstream.sha256(EMPTY_JSON), EMPTY_JSON)
         manifest: dict[str, Any] = {
             "schemaVersion": 2,
             "mediaType": mapping.OCI_MANIFEST,
             "artifactType": mapping.CHANNEL_ARTIFACT,
-            "config": mapping.descriptor(mapping.CHANNEL_CONFIG, config, oci.sha256(config)),
-            "layers": [mapping.descriptor(mapping.EMPTY_MEDIA_TYPE, EMPTY_JSON, oci.sha256(EMPTY_JSON))],
+            "config": mapping.descriptor(mapping.CHANNEL_CONFIG, config, upstream.sha256(config)),
+            "layers": [mapping.descriptor(mapping.EMPTY_MEDIA_TYPE, EMPTY_JSON, upstream.sha256(EMPTY_JSON))],
             "annotations": {mapping.ANN_CREATED: now_iso()},
         }
         current = await self._manifest(repo, mapping.release_to_tag(doc["current"]), fresh=True)
@@ -851,7 +851,7 @@ class PackageService:
             await self._channel_without(pkg, found, release)
         return {"status": "deleted", "package": pkg.full, "name": name, "release": release}
 
-    async def _channel_without(self, pkg: Package, found: tuple[dict[str, Any], oci.Manifest], release: str) -> None:
+    async def _channel_without(self, pkg: Package, found: tuple[dict[str, Any], upstream.Manifest], release: str) -> None:
         doc, m = found
         left = [r for r in doc["releases"] if r != release]
         if not left:
@@ -860,11 +860,11 @@ class PackageService:
         current = doc["current"] if doc["current"] != release else mapping.sort_releases(left)[0]
         await self._write_channel(pkg, {"name": doc["name"], "current": current, "releases": left})
 
-    async def _delete_channel_manifest(self, pkg: Package, name: str, m: oci.Manifest) -> None:
+    async def _delete_channel_manifest(self, pkg: Package, name: str, m: upstream.Manifest) -> None:
         repo = self.repo(pkg)
         try:
             await self.oci.delete_manifest(repo, m.digest)
-        except oci.UnsupportedOperation as exc:
+        except upstream.UnsupportedOperation as exc:
             raise _refused(exc, {"package": pkg.full, "channel": name}) from exc
         finally:
             self._forget(repo, mapping.channel_tag(name))

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 
-from cnr_oci import appkeys, oci
+from cnr_oci import appkeys, oci, upstream
 from cnr_oci.auth import IDENTITY, Credentials
 from cnr_oci.challenge import Authenticator
 from cnr_oci.embedded import free_port
@@ -293,7 +293,7 @@ async def test_concurrent_requests_of_one_identity_fetch_one_token(token_env, to
             results = await asyncio.gather(*(client.tags(repo) for _ in range(20)), return_exceptions=True)
         finally:
             IDENTITY.reset(token)
-    assert all(isinstance(r, oci.NotFound) for r in results), results
+    assert all(isinstance(r, upstream.NotFound) for r in results), results
     assert len(tokens.requests) == 1, tokens.requests
 
 
@@ -304,7 +304,7 @@ async def test_the_token_cache_is_bounded(token_env, tokens):
         for user, password in TOKEN_USERS.items():
             token = IDENTITY.set(Credentials(user, password))
             try:
-                with pytest.raises(oci.NotFound):
+                with pytest.raises(upstream.NotFound):
                     await client.tags("/".join(unique()))
             finally:
                 IDENTITY.reset(token)
