@@ -268,9 +268,9 @@ async def _settle_forever(service: PackageService, interval: float = 1.0) -> Non
 
 def create_app(settings: Settings) -> web.Application:
     """Build the cnr-oci application from settings (no argv, no environment)."""
-    from cnr_oci import routes, server
+    from cnr_oci import logsafe, routes
 
-    server.install_log_filter()  # no raw request bytes or credentials in aiohttp's logs
+    logsafe.install_log_filter()  # no raw request bytes or credentials in aiohttp's logs
     middlewares: list[Middleware] = []
     if settings.cors_origins:
         middlewares.append(cors_middleware(settings.cors_origins))

@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator
 
 from aiohttp import web
 
-from cnr_oci import __version__, appkeys, archive, errors, mapping, server
+from cnr_oci import __version__, appkeys, archive, bodies, errors, mapping
 from cnr_oci.app import STREAMING
 from cnr_oci.auth import IDENTITY, Credentials
 from cnr_oci.mapping import Package
@@ -111,9 +111,9 @@ async def _json_body(request: web.Request) -> Any:
 
 
 async def _read_body(request: web.Request, limit: int) -> bytearray:
-    """The body, bounded in size and in time (a slow body gets 408, see server.read_body)."""
+    """The body, bounded in size and in time (a slow body gets 408, see bodies.read_body)."""
     settings = request.app[appkeys.SETTINGS]
-    return await server.read_body(request, limit, min_rate=settings.body_min_rate, grace=settings.body_grace)
+    return await bodies.read_body(request, limit, min_rate=settings.body_min_rate, grace=settings.body_grace)
 
 
 async def login(request: web.Request) -> web.Response:
