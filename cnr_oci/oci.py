@@ -10,37 +10,17 @@ from yarl import URL
 
 from cnr_oci.blobs import BlobStream, UploadSession
 from cnr_oci.mapping import MANIFEST_ACCEPT
-from cnr_oci.metrics import Metrics
-from cnr_oci.transport import DEADLINE, MIN_RATE, RATE_WINDOW, Transport
-from cnr_oci.upstream import (DigestMismatch, InvalidResponse, Manifest, NotFound, RegistryError, TooLarge,
-                              off_loop, parse_json, parse_manifest, read_capped, sha256)
+from cnr_oci.transport import Transport
+from cnr_oci.upstream import (MAX_MANIFEST, DigestMismatch, InvalidResponse, Manifest, NotFound, RegistryError,
+                              TooLarge, off_loop, parse_json, parse_manifest, read_capped, sha256)
 
 log = logging.getLogger(__name__)
 
-MAX_MANIFEST = 4 * 1024 * 1024  # distribution's manifest size limit
 MAX_LIST = 16 * 1024 * 1024  # one page of tags or of the catalog
 
 
 class OciClient(Transport):
     """Speaks the OCI distribution API to one registry."""
-
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        base_url: str,
-        *,
-        retries: int = 3,
-        backoff: float = 0.2,
-        backoff_cap: float = 2.0,
-        metrics: Metrics | None = None,
-        deadline: float | None = DEADLINE,
-        min_rate: int = MIN_RATE,
-        rate_window: float = RATE_WINDOW,
-        max_manifest: int = MAX_MANIFEST,
-    ) -> None:
-        super().__init__(session, base_url, retries=retries, backoff=backoff, backoff_cap=backoff_cap,
-                         metrics=metrics, deadline=deadline, min_rate=min_rate, rate_window=rate_window)
-        self.max_manifest = max_manifest
 
     async def ping(self) -> bool:
         """Whether the registry answers; True when it asks for credentials (401)."""

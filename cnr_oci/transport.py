@@ -13,8 +13,8 @@ from yarl import URL
 from cnr_oci.auth import IDENTITY
 from cnr_oci.challenge import Authenticator, TokenRefused, parse_challenge, scope_for
 from cnr_oci.metrics import Metrics
-from cnr_oci.upstream import (BROKEN, InvalidResponse, RegistryUnavailable, ResponseTooLarge, Unauthorized,
-                              auth_refusal, broken, error_for_status, origin, read_error_body)
+from cnr_oci.upstream import (BROKEN, MAX_MANIFEST, InvalidResponse, RegistryUnavailable, ResponseTooLarge,
+                              Unauthorized, auth_refusal, broken, error_for_status, origin, read_error_body)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class Transport:
         deadline: float | None = DEADLINE,
         min_rate: int = MIN_RATE,
         rate_window: float = RATE_WINDOW,
+        max_manifest: int = MAX_MANIFEST,
     ) -> None:
         self._session = session
         self.base = URL(base_url.rstrip("/"))
@@ -56,6 +57,7 @@ class Transport:
         self.deadline = deadline if deadline and deadline > 0 else None
         self.min_rate = max(0, min_rate)
         self.rate_window = rate_window
+        self.max_manifest = max_manifest  # the cap on a manifest read or written
         self.auth = Authenticator(session)
         self.metrics = metrics or Metrics()
 

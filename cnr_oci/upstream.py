@@ -15,6 +15,7 @@ from cnr_oci.auth import Credentials
 from cnr_oci.challenge import Challenge, TokenUnavailable
 from cnr_oci.errors import CnrOciError
 
+MAX_MANIFEST = 4 * 1024 * 1024  # distribution's manifest size limit
 ERROR_BODY = 64 * 1024  # what is kept of an error answer
 OFF_LOOP = 256 * 1024  # larger bodies are hashed and parsed in a thread
 READ_CHUNK = 256 * 1024  # what one read of a registry body asks for
