@@ -12,7 +12,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from cnr_oci import appkeys, middleware, ops, routes, server
+from cnr_oci import appkeys, logsafe, middleware, ops, routes
 from cnr_oci.auth import TokenCodec, load_secret, service_credentials
 from cnr_oci.embedded import EmbeddedRegistry, has_users, htpasswd_path
 from cnr_oci.locks import PackageLocks
@@ -120,7 +120,7 @@ async def _settle_forever(store: Store, interval: float = 1.0) -> None:
 
 def create_app(settings: Settings) -> web.Application:
     """Build the cnr-oci application from settings (no argv, no environment)."""
-    server.install_log_filter()  # no raw request bytes or credentials in aiohttp's logs
+    logsafe.install_log_filter()  # no raw request bytes or credentials in aiohttp's logs
     middlewares: list[Middleware] = []
     if settings.cors_origins:
         middlewares.append(middleware.cors_middleware(settings.cors_origins))

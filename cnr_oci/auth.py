@@ -123,7 +123,7 @@ def parse_authorization(value: str | None, codec: TokenCodec) -> Credentials | N
     raise errors.Unauthorized("unrecognised Authorization header; log in to get a token")
 
 
-class SecretError(ValueError):
+class SecretError(errors.CnrOciError):
     """The login-token secret is unusable: too short, empty, or in a file others can read."""
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from cachetools import TTLCache
 
-from cnr_oci import errors, mapping, oci
+from cnr_oci import errors, mapping, upstream
 from cnr_oci.auth import identity_key
 from cnr_oci.mapping import Package
 from cnr_oci.readmodel import TTL_ENTRIES, ReadModel
@@ -59,7 +59,7 @@ class Catalog:
     async def _readable(self, pkg: Package) -> bool:
         try:
             return bool(await self.read.tags(self.read.repo(pkg)))
-        except (oci.Unauthorized, oci.Denied):
+        except (upstream.Unauthorized, upstream.Denied):
             return False
 
     async def summaries(self, namespace: str | None = None, query: str | None = None,
@@ -87,7 +87,7 @@ class Catalog:
             releases = await self.read.releases(pkg)
             found = [e for e in await self.read.all_entries(pkg, releases)
                      if media_type is None or e.media_type == media_type]
-        except (errors.PackageNotFound, oci.Unauthorized, oci.Denied, oci.NotFound):
+        except (errors.PackageNotFound, upstream.Unauthorized, upstream.Denied, upstream.NotFound):
             return None
         if not found:
             return None

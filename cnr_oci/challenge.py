@@ -19,6 +19,7 @@ import aiohttp
 from cachetools import LRUCache
 
 from cnr_oci.auth import Credentials
+from cnr_oci.errors import CnrOciError
 
 log = logging.getLogger(__name__)
 _PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
@@ -60,11 +61,11 @@ def scope_for(method: str, path: str) -> str:
     return f"repository:{m.group(1)}:{actions}"
 
 
-class TokenRefused(Exception):
+class TokenRefused(CnrOciError):
     """The token endpoint refused the credentials (401/403)."""
 
 
-class TokenUnavailable(Exception):
+class TokenUnavailable(CnrOciError):
     """The token endpoint could not be reached or answered garbage."""
 
 

@@ -17,6 +17,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from cnr_oci.errors import CnrOciError
+
 INSTALL_HINT = (
     "the embedded registry needs the 'docker-registry' binary (CNCF distribution); "
     "install it with: apt-get install -y docker-registry  (or pass --upstream URL)"
@@ -59,11 +61,11 @@ BCRYPT_ROUNDS = 10
 _USERNAME = re.compile(r"^[^\s:#][^\s:]{0,254}$")
 
 
-class RegistryNotInstalled(RuntimeError):
+class RegistryNotInstalled(CnrOciError):
     pass
 
 
-class UserError(ValueError):
+class UserError(CnrOciError):
     """A user name or password the htpasswd file cannot take."""
 
 

@@ -1,4 +1,4 @@
-"""The CNR error table, declared once, and the function that renders it."""
+"""The root of cnr-oci's errors, the CNR error table declared once, and the function that renders it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ from typing import Any
 from aiohttp import web
 
 
-class CnrError(Exception):
+class CnrOciError(Exception):
+    """Base of every error cnr-oci raises."""
+
+
+class CnrError(CnrOciError):
     """Base of every error that reaches a CNR client."""
 
     code = "internal-error"

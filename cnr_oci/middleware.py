@@ -10,7 +10,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from cnr_oci import appkeys, errors, oci, translate
+from cnr_oci import appkeys, errors, translate, upstream
 from cnr_oci.auth import IDENTITY, parse_authorization
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             # Headers are gone: abort the connection, never finish a wrong body.
             log.warning("aborting stream for %s %s: %s", request.method, request.path, exc)
             raise
-        if isinstance(exc, oci.RegistryError):
+        if isinstance(exc, upstream.RegistryError):
             route = request.match_info.route
             cnr = translate.to_cnr(exc, getattr(route.handler, "__name__", None), request.match_info)
             # A refusal (401, 403, 404) is the caller's business, and anyone can cause one: INFO,

@@ -9,7 +9,7 @@ from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from cachetools import LRUCache, TTLCache
 
-from cnr_oci import archive, errors, layout, mapping, oci, schemas
+from cnr_oci import archive, blobs, errors, layout, mapping, oci, schemas, upstream
 from cnr_oci.auth import identity_key
 from cnr_oci.layout import Manifest
 from cnr_oci.mapping import Package
@@ -71,10 +71,10 @@ def parse_stored(raw: bytes, schema: str, where: str) -> dict[str, Any]:
     try:
         doc = archive.load_json(raw, "config")
     except errors.CnrError as exc:
-        raise oci.InvalidResponse(f"config {where}: {exc.message}") from exc
+        raise upstream.InvalidResponse(f"config {where}: {exc.message}") from exc
     problem = schemas.first_error(schema, doc)
     if problem:
-        raise oci.InvalidResponse(
+        raise upstream.InvalidResponse(
             f"stored document at {where} does not match schema {schema}: {problem[0] or '(root)'}: {problem[1]}"
         )
     return doc  # type: ignore[no-any-return]
@@ -154,7 +154,7 @@ class ReadModel:
         if tags is None:
             try:
                 tags = await self.bounded(self.client.tags(repo))
-            except oci.NotFound:
+            except upstream.NotFound:
                 tags = []
             self._tags[key] = tags
         return tags
@@ -170,7 +170,7 @@ class ReadModel:
                 return cached
         try:
             m = await self.bounded(self.client.get_manifest(repo, digest or ref))
-        except oci.NotFound:
+        except upstream.NotFound:
             return None
         _keep(self._manifests, m.digest, m)
         if not ref.startswith("sha256:"):
@@ -233,7 +233,7 @@ class ReadModel:
         if isinstance(config.get("digest"), str):
             try:
                 platform = layout.image_platform(await self.bounded(self.client.get_small_blob(repo, config["digest"])))
-            except oci.RegistryError:
+            except upstream.RegistryError:
                 pass
         return layout.image_descriptor(m, platform)
 
@@ -301,6 +301,6 @@ class ReadModel:
                 metadata = None
         return Details(metadata, created)
 
-    async def open_blob(self, pkg: Package, digest: str) -> oci.BlobStream:
+    async def open_blob(self, pkg: Package, digest: str) -> blobs.BlobStream:
         """A verified stream of one blob of the package."""
         return await self.client.open_blob(self.repo(pkg), digest)

@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator
 
 from aiohttp import web
 
-from cnr_oci import __version__, appkeys, archive, errors, mapping, server, wire
+from cnr_oci import __version__, appkeys, archive, bodies, errors, mapping, wire
 from cnr_oci.auth import identity_key
 from cnr_oci.mapping import Package
 from cnr_oci.store import Store
@@ -57,9 +57,9 @@ async def _documents(data: Any) -> web.Response:
 
 
 async def _read_body(request: web.Request, limit: int) -> bytearray:
-    """The body, bounded in size and in time (a slow body gets 408, see server.read_body)."""
+    """The body, bounded in size and in time (a slow body gets 408, see bodies.read_body)."""
     settings = request.config_dict[appkeys.SETTINGS]
-    return await server.read_body(request, limit, min_rate=settings.body_min_rate, grace=settings.body_grace)
+    return await bodies.read_body(request, limit, min_rate=settings.body_min_rate, grace=settings.body_grace)
 
 
 # -- E1, E2 -----------------------------------------------------------------------

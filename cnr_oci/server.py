@@ -1,9 +1,9 @@
-"""The HTTP server edge: body deadlines, connection limits, and no raw header bytes in logs or bodies.
+"""The HTTP server edge: a head deadline, a connection cap, and error bodies that never quote the request.
 
 What aiohttp 3.14 does by itself (read in web_protocol.RequestHandler):
 
 - A request body has no deadline at all: once the head is parsed the handler awaits
-  ``request.content`` for as long as the client trickles bytes. ``read_body`` bounds it.
+  ``request.content`` for as long as the client trickles bytes. ``bodies.read_body`` bounds it.
 - A partial request line or head is only cut by the keep-alive timer (``keepalive_timeout``,
   75 s under ``run_app``, 3630 s for a bare ``RequestHandler``), started at connect and after
   each response; bytes arriving do not extend it, but nothing shorter exists.
@@ -13,7 +13,7 @@ What aiohttp 3.14 does by itself (read in web_protocol.RequestHandler):
   with a stray ``\\r`` ends up in the log and in the response.
 
 ``LimitedHandler`` adds a head deadline and a connection cap and answers malformed
-requests with a generic CNR error; ``RedactingFilter`` keeps raw request bytes and
+requests with a generic CNR error; ``logsafe.RedactingFilter`` keeps raw request bytes and
 credentials out of aiohttp's log records. ``run`` serves an app with all of it (cli.main).
 """
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import resource
 import ssl
 from contextlib import suppress
@@ -31,18 +30,13 @@ from typing import Any, Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
 from cnr_oci import errors
+from cnr_oci.logsafe import install_log_filter
 
 log = logging.getLogger(__name__)
 
-# A body may start slowly (GRACE) but must then keep up MIN_RATE on average: 16 KiB/s is
-# 128 kbit/s, slower than any link a push should come over, and at that rate a 64 MiB
-# body still gets ~68 minutes. A client sending one byte every few seconds is cut at ~GRACE.
-BODY_GRACE = 10.0
-BODY_MIN_RATE = 16 * 1024.0
 # Connections, per process. 1000 open connections cost ~1000 descriptors and tens of MB
 # at most; the process also needs descriptors for the upstream pool (100) and files, so
 # ``run`` raises the soft RLIMIT_NOFILE to fit when the hard limit allows.
@@ -55,9 +49,6 @@ HEADER_TIMEOUT = 10.0
 # we are closing. Idle connections are cheap, and the first to go when the cap is reached.
 KEEPALIVE_TIMEOUT = 75.0
 
-_AIOHTTP_LOGGERS = ("aiohttp.access", "aiohttp.client", "aiohttp.internal", "aiohttp.server",
-                    "aiohttp.web", "aiohttp.websocket")
-
 
 @dataclass(frozen=True)
 class Limits:
@@ -68,118 +59,7 @@ class Limits:
     keepalive_timeout: float = KEEPALIVE_TIMEOUT
 
 
-# --- request bodies ----------------------------------------------------------------------
-
-
-async def read_body(request: web.Request, limit: int, *, min_rate: float = BODY_MIN_RATE,
-                    grace: float = BODY_GRACE) -> bytearray:
-    """The whole body, at most ``limit`` bytes, arriving within ``grace + received / min_rate`` s.
-
-    413 PayloadTooLarge past the limit (a declared Content-Length is checked first, chunked
-    bodies are counted); 408 RequestTimeout when the body is slower, after which the
-    connection is closed (the rest of the body is not read); 400 InvalidUsage for a broken
-    chunked encoding or a client that hangs up.
-    """
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise errors.PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}",
-                                     {"limit": limit})
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    buf = bytearray()
-    while True:
-        remaining = start + grace + len(buf) / min_rate - loop.time()
-        try:
-            if remaining <= 0:
-                raise TimeoutError
-            async with asyncio.timeout(remaining):
-                chunk = await request.content.readany()
-        except (RequestPayloadError, HttpProcessingError):
-            # the parser's text quotes the raw bytes: never echo it; the stream is broken: close
-            _drop_connection(request)
-            raise errors.InvalidUsage("malformed request body (transfer encoding)") from None
-        except ConnectionError:
-            raise errors.InvalidUsage("request body incomplete: the client went away") from None
-        except TimeoutError:
-            _drop_connection(request)
-            raise errors.RequestTimeout(
-                f"request body too slow: {len(buf)} bytes in {loop.time() - start:.1f} s "
-                f"(needs {grace:g} s plus 1 s per {min_rate:g} bytes)",
-                {"received": len(buf)}) from None
-        if not chunk:
-            return buf  # a bytearray: no second copy of a body of up to --max-body-size
-        buf += chunk
-        if len(buf) > limit:
-            raise errors.PayloadTooLarge(f"request body exceeds the limit of {limit} bytes",
-                                         {"limit": limit})
-
-
-def _drop_connection(request: web.Request) -> None:
-    """After the response, close instead of lingering on the unread rest of a slow body."""
-    request.protocol.close()  # no keep-alive, ignore further bytes
-    request.content.feed_eof()  # nothing left to linger for
-
-
-# --- logs and error bodies ---------------------------------------------------------------
-
-_CREDENTIALS = re.compile(
-    r"(?i)((?:proxy-)?authorization|cookie|x-registry-auth)(\s*[:=]\s*)[^\r\n]*"
-    r"|\b(basic|bearer)(\s+)[^\s'\"]+")
-
-
-def redact(text: str) -> str:
-    """Authorization/Cookie header values and Basic/Bearer credentials replaced by <redacted>."""
-    return _CREDENTIALS.sub(lambda m: f"{m.group(1) or m.group(3)}{m.group(2) or m.group(4)}<redacted>", text)
-
-
-class RedactingFilter(logging.Filter):
-    """Keep raw request bytes and credentials out of a log record.
-
-    A parse error's text quotes the raw line it choked on, so it is replaced by the
-    exception's class name; other messages and tracebacks get ``redact``.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken format string is the logging module's to report
-            return True
-        parse_errors = _parse_errors(exc)
-        if parse_errors:
-            record.msg = f"{redact(message)}: {parse_errors} (malformed request, raw bytes withheld)"
-            record.args = None
-            record.exc_info = None
-            record.exc_text = None
-            return True
-        clean = redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        if record.exc_info and record.exc_info[0] is not None:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
-            record.exc_info = None
-        elif record.exc_text:
-            record.exc_text = redact(record.exc_text)
-        return True
-
-
-def _parse_errors(exc: BaseException | None) -> str:
-    """'RequestPayloadError < TransferEncodingError' if exc or its causes are parse errors, else ''."""
-    chain: list[BaseException] = []
-    while exc is not None and exc not in chain and len(chain) < 10:
-        chain.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    if any(isinstance(e, (HttpProcessingError, RequestPayloadError)) for e in chain):
-        return " < ".join(type(e).__name__ for e in chain)
-    return ""
-
-
-def install_log_filter() -> None:
-    """Put one RedactingFilter on each of aiohttp's loggers (idempotent)."""
-    for name in _AIOHTTP_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
-            logger.addFilter(RedactingFilter())
+# --- error bodies ------------------------------------------------------------------------
 
 
 def _cnr_error(status: int, message: str) -> bytes:

@@ -42,7 +42,7 @@ class Settings:
     registry_binary: str = "docker-registry"
     # Security (see README "Security defaults").
     insecure_open: bool = False
-    # The HTTP edge (cnr_oci/server.py explains the numbers).
+    # The HTTP edge (cnr_oci/server.py and bodies.py explain the numbers).
     max_connections: int = 1000
     header_timeout: float = 10.0
     body_grace: float = 10.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from cnr_oci import errors, oci
+from cnr_oci import errors, upstream
 
 # Handlers whose registry failures have a meaning of their own.
 BLOB_READS = frozenset({"pull", "blob"})
@@ -15,7 +15,7 @@ DELETES = frozenset({"delete_release", "remove_channel_release", "delete_channel
 
 @dataclass(frozen=True)
 class Rule:
-    source: type[oci.RegistryError] | tuple[type[oci.RegistryError], ...]
+    source: type[upstream.RegistryError] | tuple[type[upstream.RegistryError], ...]
     handlers: frozenset[str] | None  # None: any handler
     target: type[errors.CnrError]
     message: str  # formatted with exc, status, code, package
@@ -23,25 +23,25 @@ class Rule:
 
 # First match wins: the specific rules, then one per registry error class.
 RULES: list[Rule] = [
-    Rule(oci.NotFound, BLOB_READS, errors.PackageNotFound, "blob not found in {package}: {exc}"),
-    Rule((oci.Denied, oci.NotFound, oci.UnsupportedOperation), CATALOG_READS, errors.Forbidden,
+    Rule(upstream.NotFound, BLOB_READS, errors.PackageNotFound, "blob not found in {package}: {exc}"),
+    Rule((upstream.Denied, upstream.NotFound, upstream.UnsupportedOperation), CATALOG_READS, errors.Forbidden,
          "the registry does not let this identity list its catalog, so packages cannot be listed or "
          "searched here; name the package directly"),
-    Rule(oci.UnsupportedOperation, DELETES, errors.Unsupported,
+    Rule(upstream.UnsupportedOperation, DELETES, errors.Unsupported,
          "the registry refuses deletion ({status} {code}); nothing was deleted"),
-    Rule(oci.Unauthorized, None, errors.Unauthorized, "registry: {exc}"),
-    Rule(oci.Denied, None, errors.Forbidden, "registry: {exc}"),
-    Rule(oci.NotFound, None, errors.ResourceNotFound, "registry: {exc}"),
-    Rule(oci.UnsupportedOperation, None, errors.Unsupported, "registry: {exc}"),
-    Rule(oci.TooLarge, None, errors.PayloadTooLarge, "registry: {exc}"),
-    Rule(oci.TooManyRequests, None, errors.UpstreamUnavailable, "registry: {exc}"),
-    Rule(oci.RegistryUnavailable, None, errors.UpstreamUnavailable, "registry: {exc}"),
-    Rule(oci.InvalidResponse, None, errors.UpstreamInvalid, "registry: {exc}"),
-    Rule(oci.RegistryError, None, errors.UpstreamInvalid, "registry: {exc}"),
+    Rule(upstream.Unauthorized, None, errors.Unauthorized, "registry: {exc}"),
+    Rule(upstream.Denied, None, errors.Forbidden, "registry: {exc}"),
+    Rule(upstream.NotFound, None, errors.ResourceNotFound, "registry: {exc}"),
+    Rule(upstream.UnsupportedOperation, None, errors.Unsupported, "registry: {exc}"),
+    Rule(upstream.TooLarge, None, errors.PayloadTooLarge, "registry: {exc}"),
+    Rule(upstream.TooManyRequests, None, errors.UpstreamUnavailable, "registry: {exc}"),
+    Rule(upstream.RegistryUnavailable, None, errors.UpstreamUnavailable, "registry: {exc}"),
+    Rule(upstream.InvalidResponse, None, errors.UpstreamInvalid, "registry: {exc}"),
+    Rule(upstream.RegistryError, None, errors.UpstreamInvalid, "registry: {exc}"),
 ]
 
 
-def to_cnr(exc: oci.RegistryError, handler: str | None, params: Mapping[str, str]) -> errors.CnrError:
+def to_cnr(exc: upstream.RegistryError, handler: str | None, params: Mapping[str, str]) -> errors.CnrError:
     """The CNR error for a registry error met while serving ``handler`` with route ``params``."""
     package = f"{params['ns']}/{params['name']}" if "ns" in params and "name" in params else None
     for rule in RULES:
@@ -51,10 +51,10 @@ def to_cnr(exc: oci.RegistryError, handler: str | None, params: Mapping[str, str
     raise AssertionError("unreachable: the last rule matches every registry error")
 
 
-def _details(exc: oci.RegistryError, rule: Rule, package: str | None, params: Mapping[str, str]) -> dict[str, object]:
+def _details(exc: upstream.RegistryError, rule: Rule, package: str | None, params: Mapping[str, str]) -> dict[str, object]:
     if rule.handlers is CATALOG_READS:
         return {"scopes": ["catalog"]}
-    if isinstance(exc, oci.Denied):
+    if isinstance(exc, upstream.Denied):
         return {"package": package, "scopes": exc.scopes}
     if rule.handlers is None:
         return {}

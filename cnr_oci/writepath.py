@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 from cachetools import LRUCache
 
-from cnr_oci import errors, helm, layout, mapping, oci
+from cnr_oci import blobs, errors, helm, layout, mapping, upstream
 from cnr_oci.archive import PushInput
 from cnr_oci.auth import IDENTITY, Credentials
 from cnr_oci.layout import Manifest
@@ -71,7 +71,7 @@ class WritePath:
         read.before_listing = self._settle_before_listing
 
     @asynccontextmanager
-    async def push_rights(self, pkg: Package) -> AsyncIterator[oci.UploadSession]:
+    async def push_rights(self, pkg: Package) -> AsyncIterator[blobs.UploadSession]:
         """Prove the caller may push to the package, before its body is read: an upload
         session is opened as the caller, handed to push() for the blob, and cancelled if unused.
 
@@ -84,7 +84,7 @@ class WritePath:
         finally:
             await self.client.cancel_upload(session)
 
-    async def push(self, pkg: Package, inp: PushInput, session: oci.UploadSession | None = None) -> None:
+    async def push(self, pkg: Package, inp: PushInput, session: blobs.UploadSession | None = None) -> None:
         """Store a package.
 
         A release that already holds other media types, or a container image, becomes
@@ -164,7 +164,7 @@ class WritePath:
             except errors.ResourceInUse as exc:
                 exc.details.update(package=pkg.full, release=release)
                 raise
-            except (oci.RegistryUnavailable, oci.InvalidResponse):
+            except (upstream.RegistryUnavailable, upstream.InvalidResponse):
                 # The answer was lost: the delete may have happened. If the tag is gone, it did.
                 if children or not await self._absent(repo, tag):
                     raise
@@ -190,7 +190,7 @@ class WritePath:
             digest = children[0]["digest"]
             m = (known or {}).get(digest) or await self.read.manifest(repo, digest)
             if m is None:
-                raise oci.InvalidResponse(f"manifest {digest} vanished from {repo}")
+                raise upstream.InvalidResponse(f"manifest {digest} vanished from {repo}")
             if held.top is None or held.top.digest != m.digest:
                 await self._put_tag(repo, tag, m.raw, m.media_type or layout.OCI_MANIFEST, held.top)
             return
@@ -206,7 +206,7 @@ class WritePath:
         """
         try:
             tags = [t for t in await self.read.bounded(self.client.tags(repo)) if t != tag]
-        except oci.NotFound:
+        except upstream.NotFound:
             return
         heads = await self.read.gather(self.read.bounded(self.client.head_manifest(repo, t)) for t in tags)
         others = sorted(t for t, d in zip(tags, heads) if d == digest)
@@ -221,14 +221,14 @@ class WritePath:
         """Whether a tag is certainly absent (False when the registry cannot say)."""
         try:
             return await self.client.head_manifest(repo, tag) is None
-        except oci.RegistryError:
+        except upstream.RegistryError:
             return False
 
     async def _put_tag(self, repo: str, tag: str, raw: bytes, media_type: str, previous: Manifest | None) -> None:
         """The one write that makes a release visible; if its outcome is unknown, remember it."""
         try:
             await self.client.put_manifest(repo, tag, raw, media_type)
-        except (oci.RegistryUnavailable, oci.InvalidResponse):
+        except (upstream.RegistryUnavailable, upstream.InvalidResponse):
             self._in_doubt[(repo, tag)] = InDoubt(layout.sha256(raw), previous, IDENTITY.get())
             raise
 
@@ -260,15 +260,15 @@ class WritePath:
                     try:
                         await self.client.delete_manifest(key[0], d.digest)
                         log.warning("rolled back a tag write that failed with an unknown outcome: %s:%s", *key)
-                    except oci.NotFound:
+                    except upstream.NotFound:
                         pass  # it never landed
                 elif await self.client.head_manifest(*key) == d.digest:
                     await self.client.put_manifest(*key, d.previous.raw, d.previous.media_type or layout.OCI_MANIFEST)
                     log.warning("rolled back a tag write that failed with an unknown outcome: %s:%s", *key)
                 self._in_doubt.pop(key, None)
-            except (oci.RegistryUnavailable, oci.InvalidResponse) as exc:
+            except (upstream.RegistryUnavailable, upstream.InvalidResponse) as exc:
                 log.info("cannot settle %s:%s yet: %s", *key, exc)
-            except oci.RegistryError as exc:
+            except upstream.RegistryError as exc:
                 log.error("cannot roll back %s:%s (%s); it stays as the registry has it", *key, exc)
                 self._in_doubt.pop(key, None)
             finally:

@@ -1,5 +1,5 @@
-"""archive.py under hostile input, without a network: bombs answer 4xx fast and small; real archives
-(GNU tar, Python's tarfile, helm package) still parse."""
+"""archive.py and tarscan.py under hostile input, without a network: bombs answer 4xx fast and small;
+real archives (GNU tar, Python's tarfile, helm package) still parse."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from cnr_oci import archive, errors, helm
+from cnr_oci import archive, errors, helm, tarscan
 from cnr_oci.mapping import Package
 from tests import helpers
 
@@ -157,8 +157,8 @@ def test_a_1_gib_pax_header_is_refused_fast_and_small(media_type):
     blob = pax_bomb()
     assert len(blob) < 1.5 * MiB
     err = refused(inspect(blob, media_type))
-    assert "extended header" in err.message and str(archive.MAX_EXTENDED_HEADER) in err.message
-    assert err.details["limit"] == archive.MAX_EXTENDED_HEADER
+    assert "extended header" in err.message and str(tarscan.MAX_EXTENDED_HEADER) in err.message
+    assert err.details["limit"] == tarscan.MAX_EXTENDED_HEADER
 
 
 @pytest.mark.parametrize("media_type", ["helm", "kpm"])
@@ -172,7 +172,7 @@ def test_a_512_mib_gnu_long_name_is_refused_fast_and_small(media_type):
 def test_a_million_empty_members_are_refused_for_helm_fast_and_small():
     blob = many_members()
     err = refused(inspect(blob))
-    assert str(archive.MAX_MEMBERS) in err.message and err.details["limit"] == archive.MAX_MEMBERS
+    assert str(tarscan.MAX_MEMBERS) in err.message and err.details["limit"] == tarscan.MAX_MEMBERS
 
 
 def test_a_million_empty_members_are_not_walked_for_other_media_types():
@@ -182,16 +182,16 @@ def test_a_million_empty_members_are_not_walked_for_other_media_types():
 
 
 def test_a_chart_yaml_after_the_member_limit_is_refused():
-    members = [(f"demo/f{i}", b"") for i in range(archive.MAX_MEMBERS)] + [("demo/Chart.yaml", b"name: demo\n")]
+    members = [(f"demo/f{i}", b"") for i in range(tarscan.MAX_MEMBERS)] + [("demo/Chart.yaml", b"name: demo\n")]
     err = refused(inspect(gz(tar_of(*members))))
-    assert str(archive.MAX_MEMBERS) in err.message
+    assert str(tarscan.MAX_MEMBERS) in err.message
 
 
 def test_expansion_beyond_helms_chart_limit_is_refused_before_inflating_it():
     # A member declaring 2 GiB, then the zeros: refused on the header, nothing inflated.
     blob = sparse_gzip(header("demo/big", 2 * GiB), bytes(MiB), 64)
     err = refused(inspect(blob), seconds=0.2)
-    assert str(archive.MAX_EXPANDED) in err.message
+    assert str(tarscan.MAX_EXPANDED) in err.message
 
 
 def test_a_gzip_bomb_under_small_headers_stops_at_the_expansion_limit():
@@ -200,11 +200,11 @@ def test_a_gzip_bomb_under_small_headers_stops_at_the_expansion_limit():
     blob = sparse_gzip(b"", member, 400)
     assert len(blob) < MiB
     err = refused(inspect(blob), seconds=2.0)
-    assert str(archive.MAX_EXPANDED) in err.message
+    assert str(tarscan.MAX_EXPANDED) in err.message
 
 
 def test_helms_limit_is_100_mib():
-    assert archive.MAX_EXPANDED == 100 * MiB
+    assert tarscan.MAX_EXPANDED == 100 * MiB
 
 
 def test_a_chart_yaml_over_1_mib_is_refused():
@@ -218,7 +218,7 @@ def test_a_run_of_extended_headers_is_refused():
     ext = header("././@PaxHeader", len(b"20 comment=xxxxxxxx\n"), tarfile.XHDTYPE, tarfile.USTAR_FORMAT) + pax
     blob = gz(ext * 1000 + bytes(1024))
     err = refused(inspect(blob))
-    assert str(archive.MAX_EXTENDED_RUN) in err.message
+    assert str(tarscan.MAX_EXTENDED_RUN) in err.message
 
 
 # -- defect 16a: crafted tar headers ----------------------------------------------------------------------
@@ -428,7 +428,7 @@ LONG = "d" * 60 + "/" + "e" * 70 + "/" + "f" * 120  # > 100 chars, and one compo
 
 
 def scan_names(blob: bytes) -> list[bytes]:
-    return [m.name for m in archive.TarScanner(blob)]
+    return [m.name for m in tarscan.TarScanner(blob)]
 
 
 def python_names(blob: bytes) -> list[bytes]:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from cnr_oci import archive
+from cnr_oci import archive, tarscan
 from tests import test_archive as bombs
 from tests import helpers
 from tests.helpers import unique
@@ -46,7 +46,7 @@ async def hostile(client, registry, existing, status, code, seconds=3.0, **kw):
 async def test_a_1_gib_pax_header_push_is_400(client, registry, existing, media_type):
     data = await hostile(client, registry, existing, 400, "invalid-usage", **as_data(push_json(bombs.pax_bomb(), media_type)))
     assert "extended header" in data["message"]
-    assert data["details"]["limit"] == archive.MAX_EXTENDED_HEADER
+    assert data["details"]["limit"] == tarscan.MAX_EXTENDED_HEADER
 
 
 async def test_a_gnu_long_name_bomb_push_is_400(client, registry, existing):
@@ -57,7 +57,7 @@ async def test_a_gnu_long_name_bomb_push_is_400(client, registry, existing):
 async def test_a_million_member_chart_push_is_400(make_client, settings, registry, existing):
     big = await make_client(dataclasses.replace(settings, max_body_size=16 * 1024 * 1024))
     data = await hostile(big, registry, existing, 400, "invalid-usage", **as_data(push_json(bombs.many_members())))
-    assert str(archive.MAX_MEMBERS) in data["message"]
+    assert str(tarscan.MAX_MEMBERS) in data["message"]
 
 
 @pytest.mark.parametrize("levels", [8, 9])

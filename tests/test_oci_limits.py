@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 
-from cnr_oci import appkeys, oci
+from cnr_oci import appkeys, oci, upstream
 from cnr_oci.auth import IDENTITY, Credentials
 from cnr_oci.challenge import Authenticator
 from cnr_oci.embedded import free_port
@@ -48,7 +48,7 @@ async def post(client, url, doc):
 
 # For helm the metadata is a manifest annotation (JSON inside JSON: quotes are escaped once
 # more); for kpm it is in the config blob. "cap" leaves a few KiB for the rest of the document.
-SIZES = {"0": 0, "60K": 60_000, "300K": 300_000, "cap": oci.MAX_MANIFEST - 8 * 1024}
+SIZES = {"0": 0, "60K": 60_000, "300K": 300_000, "cap": upstream.MAX_MANIFEST - 8 * 1024}
 
 
 @pytest.mark.timeout(120)
@@ -83,7 +83,7 @@ async def test_a_manifest_over_the_cap_is_413(make_client, settings):
     pkg = "/".join(unique())
     name = pkg.split("/")[1]
     resp = await post(client, f"{API}/{pkg}", body(chart(name), media_type="helm",
-                                                  metadata={"pad": "x" * (oci.MAX_MANIFEST + 1)}))
+                                                  metadata={"pad": "x" * (upstream.MAX_MANIFEST + 1)}))
     data = await resp.json()
     assert resp.status == 413 and data["code"] == "payload-too-large", data
     assert "manifest" in data["message"]
@@ -97,7 +97,7 @@ async def test_a_package_whose_manifest_or_config_would_pass_the_cap_is_413_befo
     pkg = "/".join(unique())
     blob = chart(pkg.split("/")[1]) if media_type == "helm" else kpm()
     resp = await post(client, f"{API}/{pkg}", body(blob, media_type=media_type,
-                                                  metadata={"pad": "x" * (oci.MAX_MANIFEST + 1)}))
+                                                  metadata={"pad": "x" * (upstream.MAX_MANIFEST + 1)}))
     data = await resp.json()
     assert resp.status == 413 and data["code"] == "payload-too-large", data
     assert ("config" if media_type == "kpm" else "manifest") in data["message"]
@@ -111,7 +111,7 @@ async def test_the_registrys_own_refusal_of_a_large_manifest_is_413(make_client,
     client.app[appkeys.OCI].max_manifest = 8 * MiB  # let it through to the registry
     pkg = "/".join(unique())
     resp = await post(client, f"{API}/{pkg}", body(chart(pkg.split("/")[1]), media_type="helm",
-                                                  metadata={"pad": "x" * (oci.MAX_MANIFEST + 1)}))
+                                                  metadata={"pad": "x" * (upstream.MAX_MANIFEST + 1)}))
     data = await resp.json()
     assert resp.status == 413 and data["code"] == "payload-too-large", data
     assert "too large" in data["message"] and "MANIFEST_INVALID" in data["message"]
@@ -293,7 +293,7 @@ async def test_concurrent_requests_of_one_identity_fetch_one_token(token_env, to
             results = await asyncio.gather(*(client.tags(repo) for _ in range(20)), return_exceptions=True)
         finally:
             IDENTITY.reset(token)
-    assert all(isinstance(r, oci.NotFound) for r in results), results
+    assert all(isinstance(r, upstream.NotFound) for r in results), results
     assert len(tokens.requests) == 1, tokens.requests
 
 
@@ -304,7 +304,7 @@ async def test_the_token_cache_is_bounded(token_env, tokens):
         for user, password in TOKEN_USERS.items():
             token = IDENTITY.set(Credentials(user, password))
             try:
-                with pytest.raises(oci.NotFound):
+                with pytest.raises(upstream.NotFound):
                     await client.tags("/".join(unique()))
             finally:
                 IDENTITY.reset(token)

@@ -1,4 +1,4 @@
-"""The HTTP edge (cnr_oci/server.py): slow bodies and heads, the connection cap, and no
+"""The HTTP edge (cnr_oci/server.py, bodies.py, logsafe.py): slow bodies and heads, the connection cap, and no
 credentials from malformed headers in logs or error bodies. A real server on a free port."""
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import aiohttp.web_protocol
 import pytest
 from aiohttp import web
 
-from cnr_oci import server
+from cnr_oci import logsafe
 from cnr_oci.app import create_app
-from cnr_oci.server import LimitedRunner, LimitedSite, Limits, read_body
+from cnr_oci.bodies import read_body
+from cnr_oci.server import LimitedRunner, LimitedSite, Limits
 from cnr_oci.settings import Settings
 
 BODY_LIMIT = 64 * 1024
@@ -330,7 +331,7 @@ async def test_malformed_headers_leak_no_credentials(settings, caplog, monkeypat
 
 
 def test_the_filter_redacts_credentials_in_any_aiohttp_record():
-    filt = server.RedactingFilter()
+    filt = logsafe.RedactingFilter()
     record = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "header %s", (f"Authorization: Basic {SECRET}",), None)
     assert filt.filter(record) and SECRET not in record.getMessage()
     try:
