@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,14 +16,11 @@ import yaml
 
 from cnr_oci import errors, mapping, schemas
 from cnr_oci.helm import helm_config
+from cnr_oci.safejson import MAX_DEPTH, load_json
 from cnr_oci.tarscan import TarFormatError, TarLimitError, TarMember, TarScanner
 
 # -- limits -------------------------------------------------------------------------------------------
 
-# JSON (push and login bodies) and Chart.yaml nest at most this deep. Real documents use a handful of
-# levels; the cap keeps every later recursive walk (json.dumps, jsonschema, a read-back json.loads on the
-# event loop, whose stack is already dozens of frames deep) far from Python's recursion limit of 1000.
-MAX_DEPTH = 64
 # A JSON body that is not a push (login's) is small: a user name and a password.
 MAX_SMALL_BODY = 64 * 1024
 # Chart.yaml is read whole and parsed; real ones are a few KiB.
@@ -68,56 +63,6 @@ def parse_force(value: Any) -> bool:
     if value is None:
         return False
     return str(value) in _TRUE
-
-
-# -- JSON ---------------------------------------------------------------------------------------------
-
-
-def load_json(raw: bytes | bytearray | str, what: str = "body", max_bytes: int | None = None) -> Any:
-    """json.loads with the nesting bounded by MAX_DEPTH; any failure is InvalidUsage (400), a body over
-    max_bytes PayloadTooLarge (413)."""
-    if max_bytes is not None and len(raw) > max_bytes:
-        raise errors.PayloadTooLarge(f"the {what} exceeds the limit of {max_bytes} bytes", {"limit": max_bytes})
-    try:
-        doc = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
-    except RecursionError as exc:
-        raise errors.InvalidUsage(f"the {what} nests JSON deeper than {MAX_DEPTH} levels",
-                                  {"limit": MAX_DEPTH}) from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise errors.InvalidUsage(f"the {what} is not JSON: {exc}") from exc
-    if _depth_exceeds(doc, MAX_DEPTH):
-        raise errors.InvalidUsage(f"the {what} nests JSON deeper than {MAX_DEPTH} levels", {"limit": MAX_DEPTH})
-    return doc
-
-
-def _no_constant(name: str) -> Any:
-    """NaN and Infinity are not JSON (RFC 8259); Python's json would store them as such."""
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text[:40]} is out of range for a JSON number")
-    return value
-
-
-def _depth_exceeds(doc: Any, limit: int) -> bool:
-    """True if containers nest deeper than limit; iterative, so it cannot itself recurse too deep."""
-    if not isinstance(doc, (dict, list)):
-        return False
-    stack: list[tuple[Any, int]] = [(doc, 1)]
-    while stack:
-        obj, depth = stack.pop()
-        if depth > limit:
-            return True
-        for child in obj.values() if isinstance(obj, dict) else obj:
-            if isinstance(child, (dict, list)):
-                stack.append((child, depth + 1))
-    return False
-
-
-# -- the push body ------------------------------------------------------------------------------------
 
 
 def parse_push(raw: bytes | bytearray, query_force: str | None) -> PushInput:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from cnr_oci import errors, layout, mapping, schemas
@@ -13,18 +14,27 @@ from cnr_oci.writepath import WritePath, now_iso
 Stored = tuple[dict[str, Any], Manifest]
 
 
+@dataclass(frozen=True)
+class Channel:
+    """A channel as readers see it: its releases (that exist), and the current one."""
+
+    name: str
+    current: str
+    releases: list[str]
+
+
 def _missing(pkg: Package, name: str) -> errors.CnrError:
     return errors.ChannelNotFound(f"channel {name} of {pkg.full} not found", {"package": pkg.full, "channel": name})
 
 
-def visible(doc: dict[str, Any], existing: set[str]) -> dict[str, Any] | None:
+def visible(doc: dict[str, Any], existing: set[str]) -> Channel | None:
     """A channel as readers see it: only releases that exist, so a channel never names a
     deleted release, whoever deleted it; ``current`` falls back to the highest left."""
     left = [r for r in doc["releases"] if r in existing]
     if not left:
         return None
     current = doc["current"] if doc["current"] in left else mapping.sort_releases(left)[0]
-    return {"name": doc["name"], "current": current, "releases": left}
+    return Channel(doc["name"], current, left)
 
 
 class Channels:
@@ -48,7 +58,7 @@ class Channels:
             raise _missing(pkg, name)
         return found
 
-    async def listing(self, pkg: Package) -> list[dict[str, Any]]:
+    async def listing(self, pkg: Package) -> list[Channel]:
         """E14: every channel of a package; 404 when the package does not exist."""
         existing = set(await self.read.releases(pkg))
         repo = self.read.repo(pkg)
@@ -56,7 +66,7 @@ class Channels:
         found = await self.read.gather(self._stored(repo, n) for n in names)
         return [v for c in found if c is not None and (v := visible(c[0], existing)) is not None]
 
-    async def show(self, pkg: Package, name: str) -> dict[str, Any]:
+    async def show(self, pkg: Package, name: str) -> Channel:
         """E15."""
         mapping.check_channel(name)
         existing = set(await self.read.releases(pkg))
@@ -68,11 +78,11 @@ class Channels:
     async def current_of(self, pkg: Package, release: str) -> list[str]:
         """The channels whose current release this is (for E10)."""
         try:
-            return sorted(c["name"] for c in await self.listing(pkg) if c["current"] == release)
+            return sorted(c.name for c in await self.listing(pkg) if c.current == release)
         except errors.PackageNotFound:
             return []
 
-    async def add_release(self, pkg: Package, name: str, release: str) -> dict[str, Any]:
+    async def add_release(self, pkg: Package, name: str, release: str) -> Channel:
         """E16: add an existing release to a channel and make it current."""
         mapping.check_channel(name)
         mapping.check_release(release)
@@ -85,9 +95,9 @@ class Channels:
             found = await self._stored(repo, name, fresh=True)
             releases = set(found[0]["releases"]) if found else set()
             releases.add(release)
-            doc = {"name": name, "current": release, "releases": mapping.sort_releases(releases)}
-            await self._put(pkg, doc)
-        return doc
+            ordered = mapping.sort_releases(releases)
+            await self._put(pkg, {"name": name, "current": release, "releases": ordered})
+        return Channel(name, release, ordered)
 
     async def remove_release(self, pkg: Package, name: str, release: str) -> None:
         """E17: drop a release; current moves to the highest left; the last one deletes the channel."""

@@ -1,11 +1,8 @@
-"""The root of cnr-oci's errors, the CNR error table declared once, and the function that renders it."""
+"""The root of cnr-oci's errors, and the CNR error table, declared once (rendered by wire.render)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
-
-from aiohttp import web
 
 
 class CnrOciError(Exception):
@@ -50,19 +47,3 @@ Unsupported = _error("Unsupported", "unsupported", 501)
 UpstreamInvalid = _error("UpstreamInvalid", "upstream-unavailable", 502)
 UpstreamUnavailable = _error("UpstreamUnavailable", "upstream-unavailable", 503)
 ServerBusy = _error("ServerBusy", "server-busy", 503)
-
-
-def error_body(code: str, message: str, details: dict[str, Any]) -> dict[str, Any]:
-    """The CNR envelope: flat fields for appr/go-appr, nested ``error`` for operator-courier."""
-    inner = {"code": code, "message": message, "details": details}
-    return {**inner, "error": inner}
-
-
-def render(err: CnrError, headers: dict[str, str] | None = None) -> web.Response:
-    """Write any CNR error as its JSON response."""
-    return web.Response(
-        status=err.status,
-        text=json.dumps(error_body(err.code, err.message, err.details)),
-        content_type="application/json",
-        headers=headers,
-    )

@@ -10,7 +10,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from cnr_oci import appkeys, errors, translate, upstream
+from cnr_oci import appkeys, errors, translate, upstream, wire
 from cnr_oci.auth import IDENTITY, parse_authorization
 
 log = logging.getLogger(__name__)
@@ -38,15 +38,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                     "registry error on %s %s: %s; upstream said: %.300s", request.method, request.path, exc, exc.body)
             exc = cnr
         if isinstance(exc, errors.CnrError):
-            return errors.render(exc, {**(CHALLENGE if exc.status == 401 else {}), **exc.headers})
+            return wire.render(exc, {**(CHALLENGE if exc.status == 401 else {}), **exc.headers})
         if isinstance(exc, web.HTTPException):
             if exc.status < 400:
                 raise
             err = translate.http_to_cnr(exc.status, exc.reason or exc.text or "")
-            return errors.render(err, {k: v for k, v in exc.headers.items() if k == "Allow"})
+            return wire.render(err, {k: v for k, v in exc.headers.items() if k == "Allow"})
         request_id = uuid.uuid4().hex[:12]
         log.exception("unexpected error, request id %s, on %s %s", request_id, request.method, request.path)
-        return errors.render(errors.InternalError(f"internal error (request id {request_id})",
+        return wire.render(errors.InternalError(f"internal error (request id {request_id})",
                                                   {"request_id": request_id}))
 
 

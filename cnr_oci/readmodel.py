@@ -9,7 +9,7 @@ from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from cachetools import LRUCache, TTLCache
 
-from cnr_oci import archive, blobs, errors, layout, mapping, oci, schemas, upstream
+from cnr_oci import blobs, errors, layout, mapping, oci, safejson, schemas, upstream
 from cnr_oci.auth import identity_key
 from cnr_oci.layout import Manifest
 from cnr_oci.mapping import Package
@@ -69,7 +69,7 @@ def parse_stored(raw: bytes, schema: str, where: str) -> dict[str, Any]:
         InvalidResponse: it is not JSON, nests too deep, or does not match its schema.
     """
     try:
-        doc = archive.load_json(raw, "config")
+        doc = safejson.load_json(raw, "config")
     except errors.CnrError as exc:
         raise upstream.InvalidResponse(f"config {where}: {exc.message}") from exc
     problem = schemas.first_error(schema, doc)
@@ -296,7 +296,7 @@ class ReadModel:
             created = created or layout.created_date(cfg.get("created_at"))
         elif layout.ANN_METADATA in ann:
             try:  # bounded and strict: another tool may have written anything there
-                metadata = archive.load_json(str(ann[layout.ANN_METADATA]), "metadata annotation")
+                metadata = safejson.load_json(str(ann[layout.ANN_METADATA]), "metadata annotation")
             except errors.CnrError:
                 metadata = None
         return Details(metadata, created)

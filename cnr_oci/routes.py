@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator
 
 from aiohttp import web
 
-from cnr_oci import __version__, appkeys, archive, bodies, errors, mapping, wire
+from cnr_oci import __version__, appkeys, archive, bodies, errors, mapping, safejson, wire
 from cnr_oci.auth import identity_key
 from cnr_oci.mapping import Package
 from cnr_oci.store import Store
@@ -91,7 +91,7 @@ async def well_known(request: web.Request) -> web.Response:
 
 async def login(request: web.Request) -> web.Response:
     limit = archive.MAX_SMALL_BODY
-    body = archive.load_json(await _read_body(request, limit), "body", max_bytes=limit)
+    body = safejson.load_json(await _read_body(request, limit), "body", max_bytes=limit)
     user = body.get("user") if isinstance(body, dict) else None
     if not (
         isinstance(user, dict)
@@ -232,16 +232,17 @@ async def blob(request: web.Request) -> web.StreamResponse:
 
 
 async def list_channels(request: web.Request) -> web.Response:
-    return _json(await _store(request).channels.listing(_package(request)))
+    return _json([wire.channel(c) for c in await _store(request).channels.listing(_package(request))])
 
 
 async def show_channel(request: web.Request) -> web.Response:
-    return _json(await _store(request).channels.show(_package(request), request.match_info["channel"]))
+    return _json(wire.channel(await _store(request).channels.show(_package(request), request.match_info["channel"])))
 
 
 async def add_channel_release(request: web.Request) -> web.Response:
     m = request.match_info
-    return _json(await _store(request).channels.add_release(_package(request), m["channel"], m["release"]))
+    found = await _store(request).channels.add_release(_package(request), m["channel"], m["release"])
+    return _json(wire.channel(found))
 
 
 async def remove_channel_release(request: web.Request) -> web.Response:

@@ -32,7 +32,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 
-from cnr_oci import errors
+from cnr_oci import wire
 from cnr_oci.logsafe import install_log_filter
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class Limits:
 
 def _cnr_error(status: int, message: str) -> bytes:
     code = "payload-too-large" if status == 413 else "invalid-usage" if status < 500 else "internal-error"
-    return json.dumps(errors.error_body(code, message, {})).encode()
+    return json.dumps(wire.error_body(code, message, {})).encode()
 
 
 _BUSY = _cnr_error(503, "too many open connections, retry later")

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cnr_oci import layout
+from aiohttp import web
+
+from cnr_oci import errors, layout
 from cnr_oci.catalog import Summary
+from cnr_oci.channels import Channel
 from cnr_oci.mapping import Package
 from cnr_oci.readmodel import Details, Entry
 
@@ -54,6 +57,11 @@ def package_summary(s: Summary) -> dict[str, Any]:
     }
 
 
+def channel(c: Channel) -> dict[str, Any]:
+    """A channel object (E14 to E16)."""
+    return {"name": c.name, "current": c.current, "releases": c.releases}
+
+
 def pull_head(pkg: Package, release: str, media_type: str | None) -> dict[str, Any]:
     """The fields of a JSON pull (E12) before filename and blob; E13 has no media type."""
     head: dict[str, Any] = {"package": pkg.full, "release": release}
@@ -80,3 +88,19 @@ def encode(data: Any) -> bytes:
     if isinstance(data, list):
         return b"[" + b", ".join(json.dumps(item).encode() for item in data) + b"]"
     return json.dumps(data).encode()
+
+
+def error_body(code: str, message: str, details: dict[str, Any]) -> dict[str, Any]:
+    """The CNR envelope: flat fields for appr/go-appr, nested ``error`` for operator-courier."""
+    inner = {"code": code, "message": message, "details": details}
+    return {**inner, "error": inner}
+
+
+def render(err: errors.CnrError, headers: dict[str, str] | None = None) -> web.Response:
+    """Write any CNR error as its JSON response."""
+    return web.Response(
+        status=err.status,
+        text=json.dumps(error_body(err.code, err.message, err.details)),
+        content_type="application/json",
+        headers=headers,
+    )
