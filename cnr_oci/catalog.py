@@ -12,6 +12,9 @@ from cnr_oci.mapping import Package
 from cnr_oci.readmodel import TTL_ENTRIES, ReadModel
 
 
+_MISSING = object()
+
+
 @dataclass(frozen=True)
 class Summary:
     """One package as a listing shows it: releases holding the media types asked for."""
@@ -75,8 +78,9 @@ class Catalog:
     async def _summary(self, pkg: Package, media_type: str | None) -> Summary | None:
         """Cached for the cache TTL, so a warm listing asks the registry nothing per package."""
         key = (identity_key(), self.read.repo(pkg), media_type or "")
-        if key in self._summaries:
-            return self._summaries[key]
+        cached = self._summaries.get(key, _MISSING)
+        if cached is not _MISSING:
+            return cached  # type: ignore[return-value]
         summary = await self._compute(pkg, media_type)
         self._summaries[key] = summary
         return summary
