@@ -28,14 +28,15 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cnr_oci.embedded import EmbeddedRegistry, free_port  # noqa: E402
+from cnr_oci.embedded import EmbeddedRegistry, free_port
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 ACCEPT = MANIFEST + ", application/vnd.oci.image.index.v1+json"

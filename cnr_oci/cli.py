@@ -11,8 +11,9 @@ import os
 import re
 import ssl
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from yarl import URL
 

@@ -12,10 +12,10 @@ import time
 import pytest
 
 from cnr_oci import archive, tarscan
-from tests import test_archive as bombs
 from tests import helpers
+from tests import test_archive as bombs
 from tests.helpers import unique
-from tests.test_bad_input import API, expect_error, existing  # noqa: F401  (existing is a fixture)
+from tests.test_bad_input import API, existing, expect_error  # noqa: F401  (existing is a fixture)
 
 LOGIN = "/cnr/api/v1/users/login"
 B64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
