@@ -51,7 +51,9 @@ def to_cnr(exc: upstream.RegistryError, handler: str | None, params: Mapping[str
     raise AssertionError("unreachable: the last rule matches every registry error")
 
 
-def _details(exc: upstream.RegistryError, rule: Rule, package: str | None, params: Mapping[str, str]) -> dict[str, object]:
+def _details(
+    exc: upstream.RegistryError, rule: Rule, package: str | None, params: Mapping[str, str]
+) -> dict[str, object]:
     if rule.handlers is CATALOG_READS:
         return {"scopes": ["catalog"]}
     if isinstance(exc, upstream.Denied):

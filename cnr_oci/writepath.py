@@ -210,7 +210,7 @@ class WritePath:
         except upstream.NotFound:
             return
         heads = await self.read.gather(self.read.bounded(self.client.head_manifest(repo, t)) for t in tags)
-        others = sorted(t for t, d in zip(tags, heads) if d == digest)
+        others = sorted(t for t, d in zip(tags, heads, strict=True) if d == digest)
         if others:
             raise errors.ResourceInUse(
                 f"the manifest of {repo}:{tag} is also tagged {', '.join(others)}; deleting it would "
