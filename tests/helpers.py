@@ -81,7 +81,7 @@ def catalog(registry_url: str) -> set[str]:
     repos: set[str] = set()
     last = ""
     while True:
-        status, data, _ = _get(f"{registry_url}/v2/_catalog?n=1000" + (f"&last={last}" if last else ""))
+        _, data, _ = _get(f"{registry_url}/v2/_catalog?n=1000" + (f"&last={last}" if last else ""))
         page = json.loads(data).get("repositories") or []
         repos.update(page)
         if len(page) < 1000:

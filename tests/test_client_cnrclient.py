@@ -126,7 +126,8 @@ def test_list_with_each_filter(cc: Cnr, tmp_path: Path) -> None:
     chart, app = uniq("chart"), uniq("app")
     push_chart(cc, make_chart(tmp_path, chart, "1.0.0"), ns)
     push_chart(cc, make_chart(tmp_path, chart, "1.2.0-rc.1"), ns)
-    cc.ok("push", cc.alias, "-t", "docker-compose", "--name", f"{other_ns}/{app}", "-v", "2.0.0", cwd=make_compose(tmp_path))
+    cc.ok("push", cc.alias, "-t", "docker-compose", "--name", f"{other_ns}/{app}", "-v", "2.0.0",
+          cwd=make_compose(tmp_path))
 
     def names(*args: str) -> set[str]:
         out = cc.json("list", cc.alias, *args)
