@@ -14,7 +14,10 @@ from tests import helpers
 from tests.helpers import body, kpm
 
 API = "/cnr/api/v1/packages"
-B64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+
+
+def B64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 async def expect_error(client, registry, existing, method, path, status, code=None, **kw):

@@ -18,7 +18,10 @@ from tests.helpers import unique
 from tests.test_bad_input import API, expect_error
 
 LOGIN = "/cnr/api/v1/users/login"
-B64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+
+
+def B64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 def push_json(blob: bytes, media_type: str = "helm") -> dict[str, str]:
