@@ -47,9 +47,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import machine, table
+from run import machine, table  # noqa: E402  (bench/ is put on sys.path just above)
 
-from cnr_oci.embedded import EmbeddedRegistry, free_port
+from cnr_oci.embedded import EmbeddedRegistry, free_port  # noqa: E402  (the checkout is put on sys.path above)
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -122,7 +122,7 @@ def tgz(name: str, yaml_text: bytes, payload: bytes = b"") -> bytes:
     parts = [member(f"{name}/Chart.yaml", yaml_text)]
     if payload:
         parts.append(member(f"{name}/files/data.bin", payload))
-    return gzip_stream(parts + [END], level=0 if payload else 9)
+    return gzip_stream([*parts, END], level=0 if payload else 9)
 
 
 def push_body(blob: bytes, media_type: str = "helm") -> bytes:
@@ -356,7 +356,7 @@ class Watch:
         pending = self.pending_since
         waited = time.perf_counter() - pending if pending is not None else 0.0
         self._stop.set()
-        healthz_max = max(self.latencies + [waited]) if self.latencies or pending else 0.0
+        healthz_max = max([*self.latencies, waited]) if self.latencies or pending else 0.0
         return {"rss_base_MiB": round(self.base / MiB, 1), "rss_growth_MiB": round((self.peak - self.base) / MiB, 1),
                 "healthz_max_ms": round(healthz_max * 1000, 1), "healthz_polls": len(self.latencies),
                 "healthz_errors": self.health_errors, "killed_for_rss": self.killed}
@@ -586,7 +586,8 @@ def build_bombs(args: argparse.Namespace) -> list[Bomb]:
     creds = base64.b64encode(f"{USER}:{PASSWORD}".encode())
     for name, what, value in (
             ("auth: trailing CR", "Authorization: Basic <valid>\\r", b"Basic " + creds + b"\r"),
-            ("auth: control char", "Authorization: Basic <valid with \\x01 inside>", b"Basic " + creds[:4] + b"\x01" + creds[4:]),
+            ("auth: control char", "Authorization: Basic <valid with \\x01 inside>",
+             b"Basic " + creds[:4] + b"\x01" + creds[4:]),
             ("auth: token with DEL", "Authorization: cnroci1.\\x7f...", b"cnroci1.\x7f" + creds)):
         async def bad(ctx: Ctx, value: bytes = value) -> Outcome:
             head = (f"GET {API} HTTP/1.1\r\nHost: 127.0.0.1:{ctx.port}\r\nConnection: close\r\n").encode() + \
@@ -695,9 +696,9 @@ async def amain(args: argparse.Namespace, command: str) -> dict[str, Any]:
                 for identity in bomb.identities:
                     print(f"  {bomb.name} / {identity} ...", file=sys.stderr, flush=True)
                     row = await run_row(bomb, identity, registry.url, tmp, args, run_id)
+                    verdict = "met" if row["met"] else "missed: " + ", ".join(row["failed"])
                     print(f"    {row['status']} in {row['answer_s']:.2f} s, RSS +{row['rss_growth_MiB']} MiB, "
-                          f"healthz max {row['healthz_max_ms']} ms, {'met' if row['met'] else 'missed: ' + ', '.join(row['failed'])}",
-                          file=sys.stderr, flush=True)
+                          f"healthz max {row['healthz_max_ms']} ms, {verdict}", file=sys.stderr, flush=True)
                     rows.append(row)
         finally:
             registry.stop()

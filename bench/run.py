@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import gzip
 import hashlib
 import io
@@ -28,14 +29,15 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cnr_oci.embedded import EmbeddedRegistry, free_port  # noqa: E402
+from cnr_oci.embedded import EmbeddedRegistry, free_port
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 ACCEPT = MANIFEST + ", application/vnd.oci.image.index.v1+json"
@@ -73,7 +75,7 @@ class RssSampler:
 
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))] if s else float("nan")
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))] if s else float("nan")
 
 
 async def run_load(n: int, concurrency: int, op: Callable[[int], Awaitable[int]]) -> dict[str, Any]:
@@ -247,7 +249,8 @@ async def bench(args: argparse.Namespace, registry: EmbeddedRegistry, cnr_url: s
         results["direct push 1 MiB"] = await run_load(
             args.pushes, 4, lambda i: direct.push(f"pushd/app{i}", "1.0.0", blobs[i], cfg))
         blobs = [chart("app", MiB) for _ in range(args.pushes)]
-        results["E7 push 1 MiB"] = await run_load(args.pushes, 4, lambda i: cnr.push(f"pushc{i}/app", "1.0.0", blobs[i]))
+        results["E7 push 1 MiB"] = await run_load(
+            args.pushes, 4, lambda i: cnr.push(f"pushc{i}/app", "1.0.0", blobs[i]))
 
         # Blob-size sweep: one client, E13 raw against a direct blob GET.
         sweep = {}
@@ -255,9 +258,11 @@ async def bench(args: argparse.Namespace, registry: EmbeddedRegistry, cnr_url: s
             data = os.urandom(size)
             digest = await direct.put_blob("sweep/blobs", data)
             del data
-            d = await run_load(reps, 1, lambda i: direct.blob("sweep/blobs", digest))
+            # Each lambda is awaited within its own iteration; the default binds digest all the same.
+            d = await run_load(reps, 1, lambda i, digest=digest: direct.blob("sweep/blobs", digest))
             base = rss.window()
-            e = await run_load(reps, 1, lambda i: cnr.get(f"/sweep/blobs/blobs/sha256/{digest.removeprefix('sha256:')}"))
+            e = await run_load(reps, 1, lambda i, digest=digest: cnr.get(
+                f"/sweep/blobs/blobs/sha256/{digest.removeprefix('sha256:')}"))
             growth = rss.peak - base
             sweep[f"{size // 1024} KiB" if size < MiB else f"{size // MiB} MiB"] = {
                 "reps": reps, "direct_MB_per_s": d["MB_per_s"], "cnr_MB_per_s": e["MB_per_s"],
@@ -277,34 +282,41 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     push_ratio = r["E7 push 1 MiB"]["ops_per_s"] / r["direct push 1 MiB"]["ops_per_s"]
     lst = r["E5 list"]
     return [
-        ("E13 blob of 50 MiB vs direct MB/s", ">= 0.8x", f"{mid['ratio']}x ({mid['cnr_MB_per_s']} vs {mid['direct_MB_per_s']} MB/s)", (mid["ratio"] or 0) >= 0.8),
-        ("RSS growth streaming 200 MiB", "< 30 MiB", f"{big['cnr_rss_growth_MiB']} MiB", big["cnr_rss_growth_MiB"] < 30),
+        ("E13 blob of 50 MiB vs direct MB/s", ">= 0.8x",
+         f"{mid['ratio']}x ({mid['cnr_MB_per_s']} vs {mid['direct_MB_per_s']} MB/s)",
+         (mid["ratio"] or 0) >= 0.8),
+        ("RSS growth streaming 200 MiB", "< 30 MiB", f"{big['cnr_rss_growth_MiB']} MiB",
+         big["cnr_rss_growth_MiB"] < 30),
         ("E12 pull p50, C=32, vs direct sequence", "<= 1.5x, 0 errors",
-         f"{pull_ratio:.2f}x ({r['E12 pull']['p50_ms']} vs {r['direct pull (tags+manifest+blob)']['p50_ms']} ms), {r['E12 pull']['errors']} errors",
+         f"{pull_ratio:.2f}x ({r['E12 pull']['p50_ms']} vs {r['direct pull (tags+manifest+blob)']['p50_ms']} ms), "
+         f"{r['E12 pull']['errors']} errors",
          pull_ratio <= 1.5 and r["E12 pull"]["errors"] == 0),
         (f"E5 list, {lst['packages']} packages, warm", "<= 100 ms, no per-package upstream request",
-         f"{lst['warm_p50_ms']} ms, {lst['upstream_requests_during_5_warm_lists']:.0f} upstream requests in 5 warm lists",
+         f"{lst['warm_p50_ms']} ms, "
+         f"{lst['upstream_requests_during_5_warm_lists']:.0f} upstream requests in 5 warm lists",
          lst["warm_p50_ms"] <= 100 and lst["upstream_requests_during_5_warm_lists"] < 5 * 2),
-        (f"E5 list, {lst['packages']} packages, cold", "<= 3 s", f"{lst['cold_ms'] / 1000:.2f} s", lst["cold_ms"] <= 3000),
-        ("push 1 MiB charts vs direct ops/s", ">= 0.7x", f"{push_ratio:.2f}x ({r['E7 push 1 MiB']['ops_per_s']} vs {r['direct push 1 MiB']['ops_per_s']} ops/s)", push_ratio >= 0.7),
+        (f"E5 list, {lst['packages']} packages, cold", "<= 3 s", f"{lst['cold_ms'] / 1000:.2f} s",
+         lst["cold_ms"] <= 3000),
+        ("push 1 MiB charts vs direct ops/s", ">= 0.7x",
+         f"{push_ratio:.2f}x ({r['E7 push 1 MiB']['ops_per_s']} vs {r['direct push 1 MiB']['ops_per_s']} ops/s)",
+         push_ratio >= 0.7),
     ]
 
 
 def table(rows: list[list[str]]) -> str:
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
+    lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
 
 
 def machine() -> str:
     cpu = "unknown cpu"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as info:
+        cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
     mem = psutil.virtual_memory().total / 2**30
-    return f"{os.cpu_count()} cores, {cpu}, {mem:.0f} GiB, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    return (f"{os.cpu_count()} cores, {cpu}, {mem:.0f} GiB, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}")
 
 
 def main() -> int:
@@ -346,7 +358,8 @@ def main() -> int:
     rows = [["operation", "n", "C", "ops/s", "p50 ms", "p99 ms", "MB/s", "errors"]]
     for name, r in results.items():
         if isinstance(r, dict) and "ops_per_s" in r:
-            rows.append([name, r["n"], r["concurrency"], r["ops_per_s"], r["p50_ms"], r["p99_ms"], r["MB_per_s"], r["errors"]])
+            rows.append([name, r["n"], r["concurrency"], r["ops_per_s"], r["p50_ms"], r["p99_ms"], r["MB_per_s"],
+                         r["errors"]])
     print(table(rows) + "\n")
     lst = results["E5 list"]
     print(f"E5 list of {lst['packages']} packages: cold {lst['cold_ms']} ms, warm p50 {lst['warm_p50_ms']} ms, "

@@ -211,7 +211,8 @@ def load_chart_yaml(text: bytes) -> dict[str, Any]:
     # helm's own rule (chart.Metadata.Validate): the name is a plain file name. It becomes the
     # pulled file's name (helm, ORAS), so no path and no control characters.
     if "/" in name or "\\" in name or name in (".", "..") or not name.isprintable():
-        raise _chart_error(f"Chart.yaml name {name[:80]!r} is invalid: helm takes a plain file name", chart_field="name")
+        raise _chart_error(f"Chart.yaml name {name[:80]!r} is invalid: helm takes a plain file name",
+                           chart_field="name")
     problem = schemas.first_error(schemas.CHART, chart, best=False)
     if problem:
         fld, msg = problem

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 import aiohttp
 
@@ -83,7 +83,7 @@ class BlobStream:
                 raise DigestMismatch(f"blob {self.digest} served with other bytes")
             if held:
                 yield held
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise RegistryUnavailable(f"blob {self.digest}: transfer broken: {exc}") from exc
 
     def close(self) -> None:

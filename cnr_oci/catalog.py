@@ -57,7 +57,7 @@ class Catalog:
         q = q.lower()
         hits = [p for p in await self.packages() if q in p.full]
         readable = await self.read.gather(self._readable(p) for p in hits)
-        return sorted(p.full for p, ok in zip(hits, readable) if ok)
+        return sorted(p.full for p, ok in zip(hits, readable, strict=True) if ok)
 
     async def _readable(self, pkg: Package) -> bool:
         try:

@@ -11,11 +11,10 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
 
 import aiohttp
-
 from cachetools import LRUCache
 
 from cnr_oci.auth import Credentials
@@ -182,7 +181,7 @@ class Authenticator:
                 if resp.status != 200:
                     raise TokenUnavailable(f"the token endpoint answered {resp.status}")
                 doc = await resp.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise TokenUnavailable(f"the token endpoint failed: {type(exc).__name__}") from exc
         token = doc.get("token") or doc.get("access_token") if isinstance(doc, dict) else None
         if not isinstance(token, str) or not token:

@@ -11,8 +11,9 @@ import os
 import re
 import ssl
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from yarl import URL
 
@@ -111,7 +112,8 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--tls-key", "tls_key", str, "the private key of --tls-cert (PEM)"),
     ("--cors-origin", "cors_origins", _origins, "comma-separated origins allowed by CORS (default none: off)"),
     ("--redis-url", "redis_url", str, "Redis for package locks shared by several replicas (default none)"),
-    ("--cache-ttl", "cache_ttl", _at_least(0, float), "seconds tag lists, the catalog and listings are cached (default 5)"),
+    ("--cache-ttl", "cache_ttl", _at_least(0, float),
+     "seconds tag lists, the catalog and listings are cached (default 5)"),
     ("--insecure-open", "insecure_open", _bool,
      "serve the embedded registry on a non-loopback --host without users (anyone may push and delete)"),
     ("--max-connections", "max_connections", _at_least(1),

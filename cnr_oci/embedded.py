@@ -5,6 +5,7 @@ Used by ``cnr-oci serve`` when no upstream is given, and by the test fixtures.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -197,12 +198,9 @@ class EmbeddedRegistry:
                 extra=extra,
             )
         )
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        try:
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(open(self.log_path, "ab")) if self.log_path else subprocess.DEVNULL
             self.proc = subprocess.Popen([exe, "serve", str(config)], stdout=out, stderr=out)
-        finally:
-            if self.log_path:
-                out.close()  # type: ignore[union-attr]
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float = 20.0) -> None:

@@ -48,7 +48,8 @@ def helm_annotations(chart: dict[str, Any], release: str, created: str) -> dict[
     out = {k: _escape_non_ascii(v) for k, v in ann.items() if v.strip()}
     for key, value in (chart.get("annotations") or {}).items():
         # Nor may they set cnr-oci's own keys: a chart could fake another push's metadata.
-        if key not in (layout.ANN_TITLE, layout.ANN_VERSION, layout.ANN_METADATA, layout.ANN_MEDIA_TYPE) and isinstance(value, str):
+        own = key in (layout.ANN_TITLE, layout.ANN_VERSION, layout.ANN_METADATA, layout.ANN_MEDIA_TYPE)
+        if not own and isinstance(value, str):
             out[str(key)] = _escape_non_ascii(value)
     return out
 

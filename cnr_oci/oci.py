@@ -11,8 +11,18 @@ from yarl import URL
 from cnr_oci.blobs import BlobStream, UploadSession
 from cnr_oci.layout import MANIFEST_ACCEPT, Manifest, sha256
 from cnr_oci.transport import Transport
-from cnr_oci.upstream import (MAX_MANIFEST, DigestMismatch, InvalidResponse, NotFound, RegistryError, TooLarge,
-                              off_loop, parse_json, parse_manifest, read_capped)
+from cnr_oci.upstream import (
+    MAX_MANIFEST,
+    DigestMismatch,
+    InvalidResponse,
+    NotFound,
+    RegistryError,
+    TooLarge,
+    off_loop,
+    parse_json,
+    parse_manifest,
+    read_capped,
+)
 
 log = logging.getLogger(__name__)
 

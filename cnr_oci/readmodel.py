@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
 from cachetools import LRUCache, TTLCache
 
@@ -81,10 +83,8 @@ def parse_stored(raw: bytes, schema: str, where: str) -> dict[str, Any]:
 
 
 def _keep(cache: LRUCache[str, Any], key: str, value: Any) -> None:
-    try:
+    with contextlib.suppress(ValueError):  # larger than the whole cache: not kept
         cache[key] = value
-    except ValueError:  # larger than the whole cache: not kept
-        pass
 
 
 class ReadModel:
@@ -221,7 +221,7 @@ class ReadModel:
         candidates = [d for d in children if layout.may_hold_package(d)]
         found = await self.gather(self.manifest(repo, d["digest"]) for d in candidates)
         packages: dict[str, tuple[dict[str, Any], Manifest]] = {}
-        for d, m in zip(candidates, found):
+        for d, m in zip(candidates, found, strict=True):
             media_type = layout.package_type(m) if m is not None else None
             if m is not None and media_type is not None:
                 packages.setdefault(media_type, (d, m))
@@ -231,10 +231,8 @@ class ReadModel:
         config = m.doc.get("config") or {}
         platform = None
         if isinstance(config.get("digest"), str):
-            try:
+            with contextlib.suppress(upstream.RegistryError):
                 platform = layout.image_platform(await self.bounded(self.client.get_small_blob(repo, config["digest"])))
-            except upstream.RegistryError:
-                pass
         return layout.image_descriptor(m, platform)
 
     async def entries(self, pkg: Package, release: str, fresh: bool = False) -> list[Entry]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import html
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -157,7 +158,7 @@ async def _push_slot(request: web.Request) -> AsyncIterator[None]:
     wait = request.config_dict[appkeys.SETTINGS].push_queue_wait
     try:
         await asyncio.wait_for(slots.acquire(), wait)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         err = errors.ServerBusy(f"too many pushes in progress; retry in {int(wait)} s", {"retry_after": int(wait)})
         err.headers["Retry-After"] = str(int(wait))
         raise err from None

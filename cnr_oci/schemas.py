@@ -7,11 +7,11 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jsonschema
-
 
 PUSH_REQUEST = "push-request"
 CNR_CONFIG = "cnr-config"

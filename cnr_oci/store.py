@@ -50,14 +50,15 @@ class Store:
         releases = await self.read.releases(pkg)
         if release is not None:
             releases = [r for r in releases if r == release]
-        found = [e for e in await self.read.all_entries(pkg, releases) if media_type is None or e.media_type == media_type]
+        found = [e for e in await self.read.all_entries(pkg, releases)
+                 if media_type is None or e.media_type == media_type]
         if release is not None and not found:
             raise errors.PackageNotFound(
                 f"release {release} of {pkg.full} not found",
                 {"package": pkg.full, "release": release, "media_type": media_type},
             )
         details = await self.read.gather(self.read.details(pkg, e) for e in found)
-        return list(zip(found, details))
+        return list(zip(found, details, strict=True))
 
     async def show(self, pkg: Package, query: str | None, media_type: str) -> tuple[Entry, Details, list[str]]:
         """E10: the entry a query selects, its details and the channels it is current in."""

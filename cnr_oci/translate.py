@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from cnr_oci import errors, upstream
 
@@ -51,7 +51,9 @@ def to_cnr(exc: upstream.RegistryError, handler: str | None, params: Mapping[str
     raise AssertionError("unreachable: the last rule matches every registry error")
 
 
-def _details(exc: upstream.RegistryError, rule: Rule, package: str | None, params: Mapping[str, str]) -> dict[str, object]:
+def _details(
+    exc: upstream.RegistryError, rule: Rule, package: str | None, params: Mapping[str, str]
+) -> dict[str, object]:
     if rule.handlers is CATALOG_READS:
         return {"scopes": ["catalog"]}
     if isinstance(exc, upstream.Denied):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from typing import Any, Awaitable, Callable, Mapping, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -13,8 +14,19 @@ from yarl import URL
 from cnr_oci.auth import IDENTITY
 from cnr_oci.challenge import Authenticator, TokenRefused, parse_challenge, scope_for
 from cnr_oci.metrics import Metrics
-from cnr_oci.upstream import (BROKEN, MAX_MANIFEST, InvalidResponse, RegistryUnavailable, ResponseTooLarge,
-                              Unauthorized, auth_refusal, broken, error_for_status, origin, read_error_body)
+from cnr_oci.upstream import (
+    BROKEN,
+    MAX_MANIFEST,
+    InvalidResponse,
+    RegistryUnavailable,
+    ResponseTooLarge,
+    Unauthorized,
+    auth_refusal,
+    broken,
+    error_for_status,
+    origin,
+    read_error_body,
+)
 
 log = logging.getLogger(__name__)
 

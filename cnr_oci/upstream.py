@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -180,7 +181,7 @@ async def read_error_body(resp: aiohttp.ClientResponse, limit: int = ERROR_BODY)
             total += len(parts[-1])
             if total >= limit:
                 break
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+    except (TimeoutError, aiohttp.ClientError, OSError):
         pass
     return b"".join(parts)
 

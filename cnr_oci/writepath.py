@@ -7,9 +7,10 @@ import asyncio
 import datetime as dt
 import json
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from cachetools import LRUCache
 
@@ -35,7 +36,7 @@ class InDoubt:
 
 def now_iso() -> str:
     """RFC 3339 in UTC to the second, as helm writes org.opencontainers.image.created."""
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def documents(pkg: Package, inp: PushInput, created: str, max_manifest: int) -> tuple[bytes, bytes]:
@@ -209,7 +210,7 @@ class WritePath:
         except upstream.NotFound:
             return
         heads = await self.read.gather(self.read.bounded(self.client.head_manifest(repo, t)) for t in tags)
-        others = sorted(t for t, d in zip(tags, heads) if d == digest)
+        others = sorted(t for t, d in zip(tags, heads, strict=True) if d == digest)
         if others:
             raise errors.ResourceInUse(
                 f"the manifest of {repo}:{tag} is also tagged {', '.join(others)}; deleting it would "

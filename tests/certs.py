@@ -16,7 +16,7 @@ def self_signed(directory: Path, name: str = "cnr-oci-test") -> tuple[Path, Path
     """A self-signed CA certificate for 127.0.0.1 / localhost; returns (cert.pem, key.pem, key, cert)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject).issuer_name(subject)

@@ -9,8 +9,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -18,6 +19,7 @@ from aiohttp.test_utils import TestClient
 from cnr_oci.app import create_app
 from cnr_oci.embedded import EmbeddedRegistry, free_port
 from cnr_oci.settings import Settings
+from tests.helpers import body, kpm, unique
 
 
 def require_binary(name: str) -> None:
@@ -70,7 +72,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                              "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
-    while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() != "PONG":
+    while subprocess.run(["redis-cli", "-p", str(port), "ping"],
+                         capture_output=True, text=True).stdout.strip() != "PONG":
         assert time.monotonic() < deadline and proc.poll() is None, "redis-server did not start"
         time.sleep(0.05)
     yield f"redis://127.0.0.1:{port}/0"
@@ -102,6 +105,15 @@ async def client(make_client: CnrClient, settings: Settings) -> TestClient:
     return await make_client(settings)
 
 
+@pytest.fixture
+async def existing(client: TestClient) -> tuple[str, str]:
+    """A package with release 1.0.0, so the repository exists."""
+    ns, name = unique()
+    resp = await client.post(f"/cnr/api/v1/packages/{ns}/{name}", json=body(kpm()))
+    assert resp.status == 200
+    return ns, name
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_logreport(report: pytest.TestReport) -> Iterator[None]:
     """In CI a skipped test is a failure: the Makefile installs every tool instead."""
@@ -129,7 +141,9 @@ class LiveServer:
 LIVE_USERS = {"alice": "alice-pw-1", "bob": "bob-pw-2"}
 
 
-def start_live_server(root: Path, users: dict[str, str] = LIVE_USERS, *extra: str) -> tuple[subprocess.Popen[bytes], LiveServer]:
+def start_live_server(
+    root: Path, users: dict[str, str] = LIVE_USERS, *extra: str
+) -> tuple[subprocess.Popen[bytes], LiveServer]:
     reg = start_htpasswd_registry(root, users)
     port = free_port()
     log_path = root / "cnr-oci.log"

@@ -9,7 +9,7 @@ import collections
 import gzip
 import io
 import typing
-from typing import Callable
+from collections.abc import Callable
 
 import aiohttp
 import yarl
@@ -79,7 +79,7 @@ async def _forward(request: web.Request, target: str) -> tuple[aiohttp.ClientRes
         return up, await up.read()
 
 
-def _forwarding_app(handle: Callable[[web.Request], "typing.Awaitable[web.StreamResponse]"]) -> web.Application:
+def _forwarding_app(handle: Callable[[web.Request], typing.Awaitable[web.StreamResponse]]) -> web.Application:
     async def session_ctx(app: web.Application):
         async with aiohttp.ClientSession(auto_decompress=False) as s:
             app[SESSION] = s

@@ -17,12 +17,11 @@ from typing import Any
 def tarball(files: dict[str, bytes]) -> bytes:
     """A .tar.gz, byte-for-byte reproducible (gzip mtime 0)."""
     buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
-        with tarfile.open(fileobj=gz, mode="w") as tar:
-            for name, data in files.items():
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
 
@@ -82,7 +81,7 @@ def catalog(registry_url: str) -> set[str]:
     repos: set[str] = set()
     last = ""
     while True:
-        status, data, _ = _get(f"{registry_url}/v2/_catalog?n=1000" + (f"&last={last}" if last else ""))
+        _, data, _ = _get(f"{registry_url}/v2/_catalog?n=1000" + (f"&last={last}" if last else ""))
         page = json.loads(data).get("repositories") or []
         repos.update(page)
         if len(page) < 1000:

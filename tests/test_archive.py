@@ -318,7 +318,8 @@ def test_todays_messages_for_bad_blobs_stay(blob, message):
 
 
 def alias_bomb(levels: int) -> str:
-    lines = ["apiVersion: v2", "name: demo", "version: 1.0.0", 'a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines = ["apiVersion: v2", "name: demo", "version: 1.0.0",
+             'a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     for i in range(1, levels):
         refs = ",".join([f"*a{i - 1}"] * 9)
         lines.append(f"a{i}: &a{i} [{refs}]")

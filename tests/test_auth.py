@@ -108,7 +108,8 @@ async def test_service_credentials_from_a_docker_config(make_client, htpasswd_re
     assert (await basic_client.post(f"{API}/{repo}", json=body(kpm()), headers=basic("admin"))).status == 200
     token = base64.b64encode(f"admin:{USERS['admin']}".encode()).decode()
     (tmp_path / "config.json").write_text(json.dumps({"auths": {htpasswd_registry.host: {"auth": token}}}))
-    client = await make_client(Settings(upstream=htpasswd_registry.url, docker_config=str(tmp_path), anonymous_read=True))
+    client = await make_client(Settings(upstream=htpasswd_registry.url, docker_config=str(tmp_path),
+                                        anonymous_read=True))
     assert (await client.get(f"{API}/{repo}/1.0.0/kpm")).status == 200
 
 
@@ -322,7 +323,9 @@ async def test_tls_to_the_registry_with_a_ca_bundle_or_the_insecure_switch(make_
 # -- who is calling, before the body is read -------------------------------------------
 
 
-async def _post_head_only(client, path: str, headers: dict[str, str], length: int, sent: bytes = b"{") -> tuple[int, dict]:
+async def _post_head_only(
+    client, path: str, headers: dict[str, str], length: int, sent: bytes = b"{"
+) -> tuple[int, dict]:
     """POST with a large Content-Length but only a few bytes of body; the answer must come
     without the rest, so the server decided before reading the body."""
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
@@ -376,7 +379,8 @@ async def test_pushes_beyond_the_in_flight_limit_wait_then_get_503(make_client, 
     # The first push holds the only slot while its body trickles in.
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
     payload = json.dumps(body(kpm())).encode()
-    writer.write(f"POST {API}/{repo} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload[:10])
+    writer.write(f"POST {API}/{repo} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+                 + payload[:10])
     await writer.drain()
     await asyncio.sleep(0.3)
     resp = await client.post(f"{API}/{repo}", json=body(kpm(), "2.0.0"))

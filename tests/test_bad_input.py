@@ -11,19 +11,13 @@ import pytest
 from yarl import URL
 
 from tests import helpers
-from tests.helpers import body, kpm, unique
+from tests.helpers import body, kpm
 
 API = "/cnr/api/v1/packages"
-B64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
 
 
-@pytest.fixture
-async def existing(client):
-    """A package with release 1.0.0, so the repository exists."""
-    ns, name = unique()
-    resp = await client.post(f"{API}/{ns}/{name}", json=body(kpm()))
-    assert resp.status == 200
-    return ns, name
+def B64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 async def expect_error(client, registry, existing, method, path, status, code=None, **kw):

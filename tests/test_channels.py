@@ -29,11 +29,12 @@ async def add(client, pkg, channel, release):
 
 
 async def test_adding_a_release_creates_the_channel_and_makes_it_current(client, pkg):
-    assert await add(client, pkg, "stable", "1.0.0") == (200, {"name": "stable", "current": "1.0.0", "releases": ["1.0.0"]})
-    status, doc = await add(client, pkg, "stable", "1.1.0")
+    assert await add(client, pkg, "stable", "1.0.0") == (
+        200, {"name": "stable", "current": "1.0.0", "releases": ["1.0.0"]})
+    _, doc = await add(client, pkg, "stable", "1.1.0")
     assert doc == {"name": "stable", "current": "1.1.0", "releases": ["1.1.0", "1.0.0"]}
     # Adding an older release makes it current too: current is the release added last.
-    status, doc = await add(client, pkg, "stable", "1.0.0")
+    _, doc = await add(client, pkg, "stable", "1.0.0")
     assert doc["current"] == "1.0.0"
     assert await (await client.get(f"{API}/{pkg}/channels/stable")).json() == doc
     await add(client, pkg, "beta", "2.0.0")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -115,7 +116,7 @@ def test_serve_without_upstream_runs_an_embedded_registry_and_stops_it(tmp_path)
         proc.wait(20)
         proc.stderr.close()
     for pid in children:
-        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
 
 
 def test_serve_with_missing_binary_says_how_to_install(tmp_path, monkeypatch):

@@ -18,8 +18,9 @@ import subprocess
 import tarfile
 import threading
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -77,7 +78,8 @@ class Recorder:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def pushes(self) -> list[dict[str, Any]]:
-        return [json.loads(b) for m, p, b in self.requests if m == "POST" and "/api/v1/packages/" in p and "/channels/" not in p]
+        return [json.loads(b) for m, p, b in self.requests
+                if m == "POST" and "/api/v1/packages/" in p and "/channels/" not in p]
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +196,8 @@ def test_push_helm_chart_dir_repush_409_force(appr: Appr, tmp_path: Path) -> Non
     ns, name = unique("helm")
     chart = make_chart(tmp_path, name, "1.2.3")
     body = appr.push(f"{appr.url}/{ns}/{name}", cwd=chart)
-    assert (body["media_type"], body["release"], body["manifest_name"], body["package"]) == ("helm", "1.2.3", name, f"{ns}/{name}")
+    assert (body["media_type"], body["release"], body["manifest_name"], body["package"]) == (
+        "helm", "1.2.3", name, f"{ns}/{name}")
     blob = base64.b64decode(body["blob"])
     assert members(blob) == {f"{name}/{k}": v.replace(b"NAME", name.encode()).replace(b"VERSION", b"1.2.3")
                              for k, v in CHART.items()}
@@ -258,7 +261,7 @@ def test_push_kpm_with_the_clients_body(appr: Appr, tmp_path: Path) -> None:
     ns, name = unique("kpm")
     src = tmp_path / "src"
     src.mkdir()
-    (src / "manifest.jsonnet").write_text('{package: {name: "%s/%s", version: "2.0.0"}, deploy: []}\n' % (ns, name))
+    (src / "manifest.jsonnet").write_text(f'{{package: {{name: "{ns}/{name}", version: "2.0.0"}}, deploy: []}}\n')
     out = tmp_path / "pushed.tar.gz"
     p = subprocess.run([str(appr.venv / "bin" / "python"), "-c", KPM_PUSH, appr.url, f"{ns}/{name}", "2.0.0", str(out)],
                        capture_output=True, text=True, cwd=src, env=client_env(appr.home), timeout=60)

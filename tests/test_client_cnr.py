@@ -11,9 +11,9 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
@@ -327,5 +327,6 @@ def test_helm_dep_pulls_by_range_and_channel(cnr: Cnr, tmp_path: Path) -> None:
     assert {f"{name}/{p.relative_to(extracted).as_posix()}": p.read_bytes()
             for p in extracted.rglob("*") if p.is_file()} == members(blobs["1.2.0"])
     # a channel in requirements.yaml
-    (app / "requirements.yaml").write_text(yaml.safe_dump({"dependencies": [], "appr": [{"name": ref, "version": ":stable"}]}))
+    (app / "requirements.yaml").write_text(
+        yaml.safe_dump({"dependencies": [], "appr": [{"name": ref, "version": ":stable"}]}))
     assert yaml.safe_load(cnr.ok("helm", "dep", cwd=app))["dependencies"][0]["version"] == "1.0.0"

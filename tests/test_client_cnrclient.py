@@ -9,8 +9,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
@@ -18,7 +18,15 @@ import yaml
 from tests.clients.install_cnrclient import main as install_cnrclient
 from tests.clients.recorder import Recorder
 from tests.conftest import LIVE_USERS, LiveServer
-from tests.test_client_cnr import Cnr, check_helm_pulls, check_repush_409_then_force, make_chart, make_compose, members, uniq
+from tests.test_client_cnr import (
+    Cnr,
+    check_helm_pulls,
+    check_repush_409_then_force,
+    make_chart,
+    make_compose,
+    members,
+    uniq,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -118,7 +126,8 @@ def test_list_with_each_filter(cc: Cnr, tmp_path: Path) -> None:
     chart, app = uniq("chart"), uniq("app")
     push_chart(cc, make_chart(tmp_path, chart, "1.0.0"), ns)
     push_chart(cc, make_chart(tmp_path, chart, "1.2.0-rc.1"), ns)
-    cc.ok("push", cc.alias, "-t", "docker-compose", "--name", f"{other_ns}/{app}", "-v", "2.0.0", cwd=make_compose(tmp_path))
+    cc.ok("push", cc.alias, "-t", "docker-compose", "--name", f"{other_ns}/{app}", "-v", "2.0.0",
+          cwd=make_compose(tmp_path))
 
     def names(*args: str) -> set[str]:
         out = cc.json("list", cc.alias, *args)

@@ -54,7 +54,8 @@ def helm(request: pytest.FixtureRequest, tmp_path: Path) -> Helm:
     """Runs one helm with its own homes. helm 4 talks https to a registry unless given --plain-http
     (even on 127.0.0.1; helm 3.8.1 has no such flag and uses http there): `oci=True` adds it."""
     exe = helm_exe(request.param)
-    env = {**os.environ, **{f"HELM_{k}_HOME": str(tmp_path / "helmhome" / k.lower()) for k in ("CACHE", "CONFIG", "DATA")}}
+    env = {**os.environ,
+           **{f"HELM_{k}_HOME": str(tmp_path / "helmhome" / k.lower()) for k in ("CACHE", "CONFIG", "DATA")}}
     plain = ["--plain-http"] if request.param == "4" else []
 
     def run(*args: str, oci: bool = False, cwd: Path = tmp_path) -> str:
@@ -157,7 +158,8 @@ async def test_oracle_cnr_push_stores_the_blobs_helm_push_stores(client, registr
     ns_cnr, name = unique("oc")
     ns_helm, _ = unique("oh")
     tgz = package(helm, tmp_path, name, "1.2.3", PLAIN if kind == "plain" else RICH)
-    assert (await client.post(f"{API}/{ns_cnr}/{name}", json=body(tgz, release="1.2.3", media_type="helm"))).status == 200
+    resp = await client.post(f"{API}/{ns_cnr}/{name}", json=body(tgz, release="1.2.3", media_type="helm"))
+    assert resp.status == 200
     helm("push", str(tmp_path / "pkg" / f"{name}-1.2.3.tgz"), f"oci://{registry.host}/{ns_helm}", oci=True)
     ours, _ = helpers.manifest(registry.url, f"{ns_cnr}/{name}", "1.2.3")
     theirs, _ = helpers.manifest(registry.url, f"{ns_helm}/{name}", "1.2.3")
@@ -204,7 +206,8 @@ def oras_login(live: LiveServer) -> oras.client.OrasClient:
 
 def cnr(live: LiveServer, method: str, path: str, data: dict[str, Any] | None = None) -> tuple[int, bytes]:
     basic = "Basic " + base64.b64encode(f"alice:{live.users['alice']}".encode()).decode()
-    req = urllib.request.Request(live.url + path, method=method, headers={"Authorization": basic, "Content-Type": "application/json"},
+    req = urllib.request.Request(live.url + path, method=method,
+                                 headers={"Authorization": basic, "Content-Type": "application/json"},
                                  data=json.dumps(data).encode() if data is not None else None)
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
@@ -220,7 +223,8 @@ def test_oras_pulls_what_a_cnr_client_pushed_byte_identical(live_server, tmp_pat
     # The appr/cnr CLIs' body: nulls for the optional fields they do not fill.
     push = body(blob, media_type=media_type, manifest_name=None, metadata=None, package=f"{ns}/{name}")
     assert cnr(live_server, "POST", f"{API}/{ns}/{name}", push)[0] == 200
-    files = oras_login(live_server).pull(target=f"{live_server.registry.host}/{ns}/{name}:1.0.0", outdir=str(tmp_path / "o"))
+    files = oras_login(live_server).pull(target=f"{live_server.registry.host}/{ns}/{name}:1.0.0",
+                                         outdir=str(tmp_path / "o"))
     expected = f"{name}-1.0.0.tgz" if media_type == "helm" else f"{ns}_{name}_1.0.0.tar.gz"
     assert [Path(f).name for f in files] == [expected]
     assert Path(files[0]).read_bytes() == blob
@@ -237,9 +241,11 @@ def test_an_oras_push_with_helms_media_types_is_listed_and_pulled_through_cnr(li
                                  manifest_config=f"{cfg}:{HELM_CONFIG}", disable_path_validation=True, quiet=True)
     status, data = cnr(live_server, "GET", f"{API}?namespace={ns}")
     assert status == 200
-    assert [(p["name"], p["releases"], p["manifests"]) for p in json.loads(data)] == [(f"{ns}/{name}", ["2.0.0"], ["helm"])]
+    assert [(p["name"], p["releases"], p["manifests"]) for p in json.loads(data)] == [
+        (f"{ns}/{name}", ["2.0.0"], ["helm"])]
     status, data = cnr(live_server, "GET", f"{API}/{ns}/{name}")
-    assert status == 200 and [(m["release"], m["content"]["digest"]) for m in json.loads(data)] == [("2.0.0", helpers.sha(tgz))]
+    assert status == 200
+    assert [(m["release"], m["content"]["digest"]) for m in json.loads(data)] == [("2.0.0", helpers.sha(tgz))]
     status, pulled = cnr(live_server, "GET", f"{API}/{ns}/{name}/2.0.0/helm/pull")
     assert status == 200 and pulled == tgz
 

@@ -20,7 +20,9 @@ API = "/cnr/api/v1/packages"
 LOGIN = "/cnr/api/v1/users/login"
 
 
-def cnr_oci(*argv: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def cnr_oci(
+    *argv: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "cnr_oci", *argv], input=stdin, capture_output=True, text=True,
                           timeout=30, env={**os.environ, **(env or {})})
 

@@ -79,7 +79,7 @@ class ServerThread:
         self.loop.run_until_complete(self.runner.cleanup())
         self.loop.close()
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         self.thread.start()
         assert self.ready.wait(30)
         return self

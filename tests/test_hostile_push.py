@@ -12,13 +12,16 @@ import time
 import pytest
 
 from cnr_oci import archive, tarscan
-from tests import test_archive as bombs
 from tests import helpers
+from tests import test_archive as bombs
 from tests.helpers import unique
-from tests.test_bad_input import API, expect_error, existing  # noqa: F401  (existing is a fixture)
+from tests.test_bad_input import API, expect_error
 
 LOGIN = "/cnr/api/v1/users/login"
-B64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+
+
+def B64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 def push_json(blob: bytes, media_type: str = "helm") -> dict[str, str]:
@@ -44,7 +47,8 @@ async def hostile(client, registry, existing, status, code, seconds=3.0, **kw):
 
 @pytest.mark.parametrize("media_type", ["helm", "kpm"])
 async def test_a_1_gib_pax_header_push_is_400(client, registry, existing, media_type):
-    data = await hostile(client, registry, existing, 400, "invalid-usage", **as_data(push_json(bombs.pax_bomb(), media_type)))
+    data = await hostile(client, registry, existing, 400, "invalid-usage",
+                         **as_data(push_json(bombs.pax_bomb(), media_type)))
     assert "extended header" in data["message"]
     assert data["details"]["limit"] == tarscan.MAX_EXTENDED_HEADER
 

@@ -46,11 +46,11 @@ def helm_layout(name: str, tgz: bytes) -> tuple[bytes, dict]:
     """What `helm push` writes for this chart (helm pkg/registry), written out by hand:
     the config is json.Marshal(chart.Metadata) in struct order with Go's HTML escaping."""
     config = (
-        '{"name":"%s","home":"https://example.com/home","sources":["https://example.com/src"],'
+        f'{{"name":"{name}","home":"https://example.com/home","sources":["https://example.com/src"],'
         '"version":"1.0.0","description":"Demo \\u003cchart\\u003e \\u0026 co",'
         '"maintainers":[{"name":"Ann","email":"ann@example.com"},{"name":"Bob"}],'
         '"apiVersion":"v2","appVersion":"2.1","annotations":{"example.com/team":"platform",'
-        '"org.opencontainers.image.title":"not-the-title"},"kubeVersion":"\\u003e=1.19.0-0"}' % name
+        '"org.opencontainers.image.title":"not-the-title"},"kubeVersion":"\\u003e=1.19.0-0"}'
     ).encode()
     manifest = {
         "schemaVersion": 2,
@@ -109,7 +109,8 @@ async def test_a_chart_pushed_the_way_helm_pushes_it_shows_up_as_helm(client, re
     ns, name = unique()
     repo = f"{ns}/{name}"
     tgz = chart(name, "0.3.0")
-    push_like_helm(registry.url, repo, "0.3.0", tgz, json.dumps({"name": name, "version": "0.3.0", "apiVersion": "v2"}).encode(), layer_type)
+    push_like_helm(registry.url, repo, "0.3.0", tgz,
+                   json.dumps({"name": name, "version": "0.3.0", "apiVersion": "v2"}).encode(), layer_type)
     listed = await (await client.get(API, params={"namespace": ns})).json()
     assert listed[0]["name"] == repo and listed[0]["manifests"] == ["helm"] and listed[0]["releases"] == ["0.3.0"]
     assert listed[0]["created_at"] == "2024-01-02T03:04:05Z"
@@ -252,7 +253,8 @@ async def test_a_repository_copied_with_skopeo_serves_the_same_releases(client, 
         assert helpers.manifest(mirror.url, repo, tag)[1] == helpers.manifest(registry.url, repo, tag)[1]
     copy = await make_client(Settings(upstream=mirror.url))
     for path in ("", "/1.0.0", "/1.0.0/helm", "/1.1.0/kpm", "/channels", "/channels/stable"):
-        assert await (await copy.get(f"{API}/{repo}{path}")).json() == await (await client.get(f"{API}/{repo}{path}")).json()
+        assert (await (await copy.get(f"{API}/{repo}{path}")).json()
+                == await (await client.get(f"{API}/{repo}{path}")).json())
     for (release, mt), blob in blobs.items():
         assert await (await copy.get(f"{API}/{repo}/{release}/{mt}/pull")).read() == blob
         assert await (await copy.get(f"{API}/{repo}/blobs/sha256/{helpers.sha(blob)}")).read() == blob
@@ -293,8 +295,9 @@ async def test_a_config_nested_too_deep_is_502_not_500(client, registry):
     ns, name = unique()
     repo = f"{ns}/{name}"
     blob = kpm()
-    config = ('{"package": "%s", "release": "1.0.0", "media_type": "kpm", "created_at": "2024-01-01T00:00:00Z", '
-              '"metadata": {"a": %s}}' % (repo, "[" * 30_000 + "]" * 30_000)).encode()
+    nested = "[" * 30_000 + "]" * 30_000
+    config = (f'{{"package": "{repo}", "release": "1.0.0", "media_type": "kpm", "created_at": "2024-01-01T00:00:00Z", '
+              f'"metadata": {{"a": {nested}}}}}').encode()
     helpers.put_blob(registry.url, repo, blob)
     helpers.put_blob(registry.url, repo, config)
     helpers.put_manifest(registry.url, repo, "1.0.0", {

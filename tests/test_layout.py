@@ -120,8 +120,10 @@ def test_content_is_found_in_helms_legacy_layer_too_and_a_config_alone_is_no_pac
 
 
 @pytest.mark.parametrize("config, platform", [
-    (b'{"architecture": "arm64", "os": "linux", "variant": "v8"}', {"architecture": "arm64", "os": "linux", "variant": "v8"}),
-    (b'{"architecture": "amd64"}', None), (b"not json", None), (b"[1]", None), (b'{"os": 1, "architecture": "x"}', None),
+    (b'{"architecture": "arm64", "os": "linux", "variant": "v8"}',
+     {"architecture": "arm64", "os": "linux", "variant": "v8"}),
+    (b'{"architecture": "amd64"}', None), (b"not json", None), (b"[1]", None),
+    (b'{"os": 1, "architecture": "x"}', None),
 ])
 def test_an_image_platform_is_read_from_its_config_or_left_out(config, platform):
     assert layout.image_platform(config) == platform

@@ -92,7 +92,8 @@ async def test_three_media_types_then_delete_one_keeps_an_index(client, both, re
 async def test_a_helm_only_release_never_uses_an_index(client, registry):
     ns, name = unique()
     assert (await client.post(f"{API}/{ns}/{name}", json=body(chart(name), media_type="helm"))).status == 200
-    assert (await client.post(f"{API}/{ns}/{name}?force=true", json=body(chart(name, extra=b"2"), media_type="helm"))).status == 200
+    resp = await client.post(f"{API}/{ns}/{name}?force=true", json=body(chart(name, extra=b"2"), media_type="helm"))
+    assert resp.status == 200
     top, _ = helpers.manifest(registry.url, f"{ns}/{name}", "1.0.0")
     _, _, headers = helpers._get(f"{registry.url}/v2/{ns}/{name}/manifests/1.0.0",
                                  f"{layout.OCI_MANIFEST}, {layout.OCI_INDEX}")

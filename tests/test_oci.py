@@ -27,7 +27,8 @@ def small_manifest(config: bytes, layer: bytes, note: str = "") -> bytes:
     doc = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": layout.sha256(config), "size": len(config)},
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": layout.sha256(config),
+                   "size": len(config)},
         "layers": [{"mediaType": "application/octet-stream", "digest": layout.sha256(layer), "size": len(layer)}],
         "annotations": {"note": note},
     }

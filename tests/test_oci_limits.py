@@ -22,11 +22,17 @@ from cnr_oci.auth import IDENTITY, Credentials
 from cnr_oci.challenge import Authenticator
 from cnr_oci.embedded import free_port
 from cnr_oci.settings import Settings
+from tests import helpers
 from tests.certs import self_signed
 from tests.conftest import start_htpasswd_registry, start_registry
-from tests.fake_upstream import (RawServer, http_answer, make_gzip_proxy, make_recorder, make_redirecting_proxy,
-                                 make_trickle_proxy)
-from tests import helpers
+from tests.fake_upstream import (
+    RawServer,
+    http_answer,
+    make_gzip_proxy,
+    make_recorder,
+    make_redirecting_proxy,
+    make_trickle_proxy,
+)
 from tests.helpers import body, chart, kpm, unique
 from tests.token_server import TokenServer, token_config
 

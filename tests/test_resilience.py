@@ -88,7 +88,7 @@ async def test_registry_killed_during_100_concurrent_pushes(make_client, own_reg
             own_registry.kill()  # SIGKILL, mid-flight for the others
         return resp.status
 
-    statuses = dict(zip(blobs, await asyncio.gather(*(push(r, b) for r, b in blobs.items()))))
+    statuses = dict(zip(blobs, await asyncio.gather(*(push(r, b) for r, b in blobs.items())), strict=True))
     ok = [r for r, s in statuses.items() if s == 200]
     failed = [r for r, s in statuses.items() if s != 200]
     assert ok and failed, statuses
@@ -100,7 +100,8 @@ async def test_registry_killed_during_100_concurrent_pushes(make_client, own_reg
     damaged = {}
     for repo in failed:
         # No failed push leaves a tag that resolves, and CNR never shows it as a release.
-        status, _, _ = helpers._get(f"{own_registry.url}/v2/{repo}/manifests/1.0.0", "application/vnd.oci.image.manifest.v1+json")
+        status, _, _ = helpers._get(f"{own_registry.url}/v2/{repo}/manifests/1.0.0",
+                                    "application/vnd.oci.image.manifest.v1+json")
         assert status != 200, repo
         assert (await client.get(f"{API}/{repo}/1.0.0/kpm")).status != 200, repo
         if helpers.tags(own_registry.url, repo):

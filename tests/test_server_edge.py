@@ -11,7 +11,7 @@ import ssl
 import statistics
 import sys
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import aiohttp
 import aiohttp.http_exceptions
@@ -76,7 +76,7 @@ async def closed_within(reader: asyncio.StreamReader, timeout: float) -> bool:
     try:
         while await asyncio.wait_for(reader.read(65536), timeout):
             pass
-    except (asyncio.TimeoutError, TimeoutError):
+    except TimeoutError:
         return False
     except ConnectionError:
         pass
@@ -199,14 +199,14 @@ async def test_a_stalled_tls_handshake_is_closed_after_the_header_timeout(settin
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(cert, key)
     async with live(settings, Limits(header_timeout=0.5), tls) as port:
-        async with conn(port) as (reader, writer):  # TCP only, no ClientHello
+        async with conn(port) as (reader, _):  # TCP only, no ClientHello
             start = time.monotonic()
             assert await closed_within(reader, 3.0)
             assert time.monotonic() - start < 1.5
         client = ssl.create_default_context(cafile=str(cert))
-        async with aiohttp.ClientSession() as session:  # and the listener does serve TLS
-            async with session.get(f"https://127.0.0.1:{port}/healthz", ssl=client) as resp:
-                assert resp.status == 200
+        url = f"https://127.0.0.1:{port}/healthz"  # and the listener does serve TLS
+        async with aiohttp.ClientSession() as session, session.get(url, ssl=client) as resp:
+            assert resp.status == 200
 
 
 async def test_idle_keep_alive_outlives_the_header_timeout(settings):
@@ -220,66 +220,67 @@ async def test_idle_keep_alive_outlives_the_header_timeout(settings):
 
 async def test_connection_cap_refuses_excess_and_evicts_idle_first(settings):
     cap = 5
-    async with live(settings, Limits(max_connections=cap, header_timeout=30)) as port:
-        async with contextlib.AsyncExitStack() as stack:
-            held = [await stack.enter_async_context(conn(port)) for _ in range(cap)]
-            for _, writer in held:  # partial heads: busy, not evictable
-                writer.write(b"GET /healthz HTTP/1.1\r\n")
-            await asyncio.sleep(0.2)
-            async with conn(port) as (reader, writer):
-                writer.write(GET_HEALTHZ)
-                try:
-                    status, headers, data = await response(reader)
-                    assert status == 503 and json.loads(data)["message"].startswith("too many")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    pass  # refused by a reset before the 503 could be read: also a refusal
-                assert await closed_within(reader, 1.0)
-            for reader, writer in held:  # the held ones are untouched
-                writer.write(b"Host: t\r\n\r\n")
-                assert (await response(reader))[0] == 200
-            # now all five are idle keep-alive connections: a new one evicts one of them
-            async with conn(port) as (reader, writer):
-                writer.write(GET_HEALTHZ)
-                assert (await response(reader))[0] == 200
-            assert sum([await closed_within(r, 0.2) for r, _ in held]) == 1
+    async with (
+        live(settings, Limits(max_connections=cap, header_timeout=30)) as port,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        held = [await stack.enter_async_context(conn(port)) for _ in range(cap)]
+        for _, writer in held:  # partial heads: busy, not evictable
+            writer.write(b"GET /healthz HTTP/1.1\r\n")
+        await asyncio.sleep(0.2)
+        async with conn(port) as (reader, writer):
+            writer.write(GET_HEALTHZ)
+            try:
+                status, _, data = await response(reader)
+                assert status == 503 and json.loads(data)["message"].startswith("too many")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass  # refused by a reset before the 503 could be read: also a refusal
+            assert await closed_within(reader, 1.0)
+        for reader, writer in held:  # the held ones are untouched
+            writer.write(b"Host: t\r\n\r\n")
+            assert (await response(reader))[0] == 200
+        # now all five are idle keep-alive connections: a new one evicts one of them
+        async with conn(port) as (reader, writer):
+            writer.write(GET_HEALTHZ)
+            assert (await response(reader))[0] == 200
+        assert sum([await closed_within(r, 0.2) for r, _ in held]) == 1
 
 
 @pytest.mark.timeout(60)
 async def test_healthz_stays_fast_with_200_slow_connections_open(settings):
-    async with live(settings, Limits(header_timeout=30)) as port:
-        async with contextlib.AsyncExitStack() as stack:
-            slow = [await stack.enter_async_context(conn(port)) for _ in range(200)]
-            for i, (_, writer) in enumerate(slow):
-                if i % 2:
-                    writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ")  # a head, never finished
-                else:
-                    writer.write(b"POST /test/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 60000\r\n\r\nx")
+    async with live(settings, Limits(header_timeout=30)) as port, contextlib.AsyncExitStack() as stack:
+        slow = [await stack.enter_async_context(conn(port)) for _ in range(200)]
+        for i, (_, writer) in enumerate(slow):
+            if i % 2:
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ")  # a head, never finished
+            else:
+                writer.write(b"POST /test/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 60000\r\n\r\nx")
 
-            async def drip() -> None:
-                with contextlib.suppress(ConnectionError):
-                    while True:
-                        for _, writer in slow:
-                            if not writer.is_closing():
-                                writer.write(b"a")
-                        await asyncio.sleep(0.5)
+        async def drip() -> None:
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    for _, writer in slow:
+                        if not writer.is_closing():
+                            writer.write(b"a")
+                    await asyncio.sleep(0.5)
 
-            dripping = asyncio.create_task(drip())
-            try:
-                await asyncio.sleep(0.3)
-                times = []
-                async with conn(port) as (reader, writer):
-                    for _ in range(10):
-                        start = time.perf_counter()
-                        writer.write(GET_HEALTHZ)
-                        status, _, _ = await response(reader)
-                        times.append(time.perf_counter() - start)
-                        assert status == 200
-                assert max(times) < 0.1, times
-                assert statistics.median(times) < 0.05, times
-            finally:
-                dripping.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await dripping
+        dripping = asyncio.create_task(drip())
+        try:
+            await asyncio.sleep(0.3)
+            times = []
+            async with conn(port) as (reader, writer):
+                for _ in range(10):
+                    start = time.perf_counter()
+                    writer.write(GET_HEALTHZ)
+                    status, _, _ = await response(reader)
+                    times.append(time.perf_counter() - start)
+                    assert status == 200
+            assert max(times) < 0.1, times
+            assert statistics.median(times) < 0.05, times
+        finally:
+            dripping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dripping
 
 
 # --- defect 8: credentials from malformed headers ----------------------------------------
@@ -332,7 +333,8 @@ async def test_malformed_headers_leak_no_credentials(settings, caplog, monkeypat
 
 def test_the_filter_redacts_credentials_in_any_aiohttp_record():
     filt = logsafe.RedactingFilter()
-    record = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "header %s", (f"Authorization: Basic {SECRET}",), None)
+    record = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "header %s",
+                               (f"Authorization: Basic {SECRET}",), None)
     assert filt.filter(record) and SECRET not in record.getMessage()
     try:
         raise ValueError(f"bad token Bearer {SECRET}")

@@ -1,4 +1,4 @@
-"""The package type-checks under mypy --strict (style.md, habit 10)."""
+"""The package type-checks under mypy --strict (style.md, habit 10) and ruff check is clean."""
 
 import shutil
 import subprocess
@@ -14,5 +14,12 @@ def test_mypy_strict_passes():
         pytest.skip("mypy is not installed")
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run([sys.executable, "-m", "mypy", "--strict", "cnr_oci"], cwd=root,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ruff_is_clean():
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "cnr_oci", "tests", "bench"], cwd=root,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

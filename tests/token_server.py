@@ -92,7 +92,7 @@ class TokenServer:
         token = jwt.encode(claims, self.key, algorithm="RS256",  # type: ignore[arg-type]
                            headers={"x5c": [base64.b64encode(der).decode()]})
         return web.json_response({answer_field: token, "expires_in": self.lifetime,
-                                  "issued_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+                                  "issued_at": dt.datetime.now(dt.UTC).isoformat()})
 
 
 def token_config(realm: str, rootcert: str) -> str:

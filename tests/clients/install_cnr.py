@@ -31,7 +31,8 @@ SHARED = [
 
 NAME = "cnr"
 PACKAGES = ["cnr==0.4.1"]
-EDITS = SHARED + [
+EDITS = [
+    *SHARED,
     Edit("cnrclient/commands/push.py", '"blob": base64.b64encode(kubefile.read())',
          '"blob": base64.b64encode(kubefile.read()).decode()',
          "b64encode returns bytes on Python 3, which json.dumps refuses; py2 str was text"),

@@ -15,12 +15,14 @@ from tests.clients.install_cnr import SHARED
 NAME = "cnrclient"
 # cnrclient 0.3.5 imports yaml without declaring it (appr-on-python3.md).
 PACKAGES = ["cnrclient==0.3.5 pyyaml"]
-EDITS = SHARED + [
+EDITS = [
+    *SHARED,
     Edit("cnrclient/commands/push.py", '"blob": base64.b64encode(kubefile.read())}',
          '"blob": base64.b64encode(kubefile.read()).decode()}',
          "b64encode returns bytes on Python 3, which json.dumps refuses; py2 str was text"),
     Edit("cnrclient/commands/command_base.py", "raise argparse.ArgumentTypeError(exc.message)",
-         "raise argparse.ArgumentTypeError(str(exc))", "exceptions have no .message on Python 3 (every HTTP error path)"),
+         "raise argparse.ArgumentTypeError(str(exc))",
+         "exceptions have no .message on Python 3 (every HTTP error path)"),
     Edit("cnrclient/pack.py", "files = self.files.keys()", "files = list(self.files.keys())",
          "dict.keys() is a view with no .sort() on Python 3 (cnr inspect --tree)"),
 ]
