@@ -11,7 +11,6 @@ from cnr_oci.auth import identity_key
 from cnr_oci.mapping import Package
 from cnr_oci.readmodel import TTL_ENTRIES, ReadModel
 
-
 _MISSING = object()
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from cnr_oci import archive, errors, helm, tarscan
+from cnr_oci import archive, errors, helm, safejson, tarscan
 from cnr_oci.mapping import Package
 from tests import helpers
 
@@ -340,12 +340,12 @@ def test_any_alias_is_refused():
     assert "aliases" in refused(inspect(chart_tgz("demo", text))).message
 
 
-@pytest.mark.parametrize("depth", [archive.MAX_DEPTH, 200, 5000])
+@pytest.mark.parametrize("depth", [safejson.MAX_DEPTH, 200, 5000])
 def test_deeply_nested_chart_yaml_is_refused(depth):
     # The top-level mapping is one level: MAX_DEPTH more is one too many. (libyaml stops at 1000 itself.)
     text = "name: demo\nversion: 1.0.0\nannotations: " + "[" * depth + "]" * depth + "\n"
     err = refused(inspect(chart_tgz("demo", text)))
-    assert str(archive.MAX_DEPTH) in err.message or "maximum nesting depth" in err.message
+    assert str(safejson.MAX_DEPTH) in err.message or "maximum nesting depth" in err.message
 
 
 def test_a_chart_yaml_with_too_many_nodes_is_refused():
@@ -393,24 +393,24 @@ def test_values_json_cannot_carry_are_400(value):
 # -- defect 16a: deep JSON --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("depth", [archive.MAX_DEPTH + 1, 100_000])
+@pytest.mark.parametrize("depth", [safejson.MAX_DEPTH + 1, 100_000])
 def test_deeply_nested_json_push_body_is_400(depth):
     raw = b"[" * depth + b"]" * depth
     err = refused(lambda: archive.parse_push(raw, None))
-    assert str(archive.MAX_DEPTH) in err.message
+    assert str(safejson.MAX_DEPTH) in err.message
 
 
 def test_deeply_nested_metadata_is_400():
     body = helpers.body(helpers.kpm(), "1.0.0")
     raw = json.dumps(body).encode()[:-1] + b', "metadata": {"a": ' + b"[" * 70 + b"]" * 70 + b"}}"
     err = refused(lambda: archive.parse_push(raw, None))
-    assert str(archive.MAX_DEPTH) in err.message
+    assert str(safejson.MAX_DEPTH) in err.message
 
 
 def test_metadata_at_the_depth_limit_is_kept():
     meta: Any = {}
     node = meta
-    for _ in range(archive.MAX_DEPTH - 2):  # the body is one level, metadata the rest
+    for _ in range(safejson.MAX_DEPTH - 2):  # the body is one level, metadata the rest
         node["a"] = {}
         node = node["a"]
     raw = json.dumps({**helpers.body(helpers.kpm(), "1.0.0"), "metadata": meta}).encode()
@@ -418,7 +418,7 @@ def test_metadata_at_the_depth_limit_is_kept():
 
 
 def test_load_json_is_bounded_in_size():
-    err = refused(lambda: archive.load_json(b" " * 100 + b"{}", max_bytes=64), errors.PayloadTooLarge)
+    err = refused(lambda: safejson.load_json(b" " * 100 + b"{}", max_bytes=64), errors.PayloadTooLarge)
     assert err.status == 413
 
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from cnr_oci import archive, tarscan
+from cnr_oci import archive, safejson, tarscan
 from tests import helpers
 from tests import test_archive as bombs
 from tests.helpers import unique
@@ -102,7 +102,7 @@ async def test_deeply_nested_json_push_is_400(client, registry, existing):
     raw = b"[" * 100_000 + b"]" * 100_000
     data = await hostile(client, registry, existing, 400, "invalid-usage", data=raw,
                          headers={"Content-Type": "application/json"})
-    assert str(archive.MAX_DEPTH) in data["message"]
+    assert str(safejson.MAX_DEPTH) in data["message"]
 
 
 async def test_deeply_nested_metadata_is_400(client, registry, existing):
@@ -110,16 +110,16 @@ async def test_deeply_nested_metadata_is_400(client, registry, existing):
     raw += b"[" * 100 + b"]" * 100 + b"}}"
     data = await hostile(client, registry, existing, 400, "invalid-usage", data=raw,
                          headers={"Content-Type": "application/json"})
-    assert str(archive.MAX_DEPTH) in data["message"]
+    assert str(safejson.MAX_DEPTH) in data["message"]
 
 
 # 30,000 levels: past the recursion limit, under the login body limit.
-@pytest.mark.parametrize("depth", [archive.MAX_DEPTH + 1, 30_000])
+@pytest.mark.parametrize("depth", [safejson.MAX_DEPTH + 1, 30_000])
 async def test_deeply_nested_json_login_is_400(client, depth):
     resp = await client.post(LOGIN, data=b"[" * depth + b"]" * depth, headers={"Content-Type": "application/json"})
     data = await resp.json()
     assert resp.status == 400 and data["code"] == "invalid-usage" and data["error"]["code"] == "invalid-usage"
-    assert str(archive.MAX_DEPTH) in data["message"]
+    assert str(safejson.MAX_DEPTH) in data["message"]
 
 
 async def test_an_oversized_login_body_is_413(client):
