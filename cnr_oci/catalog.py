@@ -71,18 +71,16 @@ class Catalog:
             p for p in await self.packages()
             if (not namespace or p.namespace == namespace) and (not query or query.lower() in p.full)
         ]
-        found = await self.read.gather(self._summary(p, media_type) for p in pkgs)
-        return [s for s in found if s is not None]
-
-    async def _summary(self, pkg: Package, media_type: str | None) -> Summary | None:
-        """Cached for the cache TTL, so a warm listing asks the registry nothing per package."""
-        key = (identity_key(), self.read.repo(pkg), media_type or "")
-        cached = self._summaries.get(key, _MISSING)
-        if cached is not _MISSING:
-            return cached  # type: ignore[return-value]
-        summary = await self._compute(pkg, media_type)
-        self._summaries[key] = summary
-        return summary
+        ident, kind = identity_key(), media_type or ""
+        keys = [(ident, self.read.repo(p), kind) for p in pkgs]
+        # Cached summaries are taken as they are; only the others cost a task each (a warm listing
+        # of a thousand packages would otherwise start a thousand tasks to read a dict).
+        found = [self._summaries.get(k, _MISSING) for k in keys]
+        missing = [i for i, s in enumerate(found) if s is _MISSING]
+        computed = await self.read.gather(self._compute(pkgs[i], media_type) for i in missing)
+        for i, summary in zip(missing, computed, strict=True):
+            self._summaries[keys[i]] = found[i] = summary
+        return [s for s in found if isinstance(s, Summary)]
 
     async def _compute(self, pkg: Package, media_type: str | None) -> Summary | None:
         """None when nothing matches or the caller may not read the package."""

@@ -184,13 +184,14 @@ def check_query(query: str | None) -> None:
         _parse_query(query)
 
 
-def match_releases(releases: Iterable[str], query: str | None) -> list[str]:
+def match_releases(releases: Iterable[str], query: str | None, presorted: bool = False) -> list[str]:
     """The releases a version query selects, best first.
 
     ``default`` (or no query) selects every release, prereleases included; an exact
     release selects itself; any other range excludes prereleases unless it names one.
+    ``presorted``: the releases are already in sort_releases order.
     """
-    ordered = sort_releases(releases)
+    ordered = list(releases) if presorted else sort_releases(releases)
     if not query or query == "default":
         return ordered
     if is_release(query):

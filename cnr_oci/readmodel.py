@@ -107,6 +107,8 @@ class ReadModel:
         # Weighed by raw bytes: one manifest or config may be 4 MiB (and parse to several times that).
         self._manifests: LRUCache[str, Manifest] = LRUCache(CACHE_BYTES, getsizeof=lambda m: len(m.raw))
         self._configs: LRUCache[str, tuple[dict[str, Any], int]] = LRUCache(CACHE_BYTES, getsizeof=lambda c: c[1])
+        # The releases of a cached tag list, sorted: (that tag list, its releases), per identity.
+        self._sorted: TTLCache[tuple[str, str], tuple[list[str], list[str]]] = TTLCache(TTL_ENTRIES, ttl)
         self._fanout = asyncio.Semaphore(fanout or DEFAULT_FANOUT)
         self._inflight: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
         # Run before a release listing: the write path settles tag writes of unknown outcome there.
@@ -199,12 +201,18 @@ class ReadModel:
         repo = self.repo(pkg)
         if self.before_listing is not None:
             await self.before_listing(repo)
-        found = [r for t in await self.tags(repo) if (r := mapping.tag_to_release(t))]
-        if not found:
+        tags = await self.tags(repo)
+        key = (identity_key(), repo)
+        memo = self._sorted.get(key)
+        if memo is None or memo[0] is not tags:
+            # Parsed and sorted once per tag list fetched, not once per request.
+            memo = (tags, mapping.sort_releases(r for t in tags if (r := mapping.tag_to_release(t))))
+            self._sorted[key] = memo
+        if not memo[1]:
             raise errors.PackageNotFound(
                 f"package {pkg.full} not found", {"package": pkg.full, "release": None, "media_type": None}
             )
-        return mapping.sort_releases(found)
+        return list(memo[1])
 
     async def contents(self, repo: str, release: str, fresh: bool = False) -> Contents:
         """Read a release tag: a package manifest, an image, or an index of both."""
@@ -257,7 +265,7 @@ class ReadModel:
             InvalidUsage: media type '-' on a release holding several.
         """
         mapping.check_query(query)
-        candidates = mapping.match_releases(await self.releases(pkg), query)
+        candidates = mapping.match_releases(await self.releases(pkg), query, presorted=True)
         if not candidates:
             raise errors.ReleaseNotFound(
                 f"no release of {pkg.full} matches {query!r}", {"package": pkg.full, "release_query": query},
