@@ -6,6 +6,8 @@ import asyncio
 import logging
 import ssl
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from cnr_oci import appkeys, logsafe, middleware, ops, routes
-from cnr_oci.auth import TokenCodec, load_secret, service_credentials
+from cnr_oci.auth import Credentials, TokenCodec, load_secret, service_credentials
 from cnr_oci.embedded import EmbeddedRegistry, has_users, htpasswd_path
 from cnr_oci.locks import PackageLocks
 from cnr_oci.metrics import Metrics
@@ -69,9 +71,18 @@ async def _close_when_users_appear(reg: EmbeddedRegistry, users: Path, interval:
     log.warning("users appeared in %s: the embedded registry now requires credentials", users)
 
 
-async def client_ctx(app: web.Application) -> AsyncIterator[None]:
-    """One ClientSession (one connection pool) per app; closed by whoever made it."""
-    settings = app[appkeys.SETTINGS]
+@dataclass
+class Backend:
+    """The store over one registry, and cnr-oci's own credentials for it (None: none given)."""
+
+    store: Store
+    service_credentials: Credentials | None
+
+
+@asynccontextmanager
+async def open_backend(settings: Settings, upstream: str, metrics: Metrics) -> AsyncIterator[Backend]:
+    """One ClientSession (one connection pool), the OCI client, the store and its locks, for the
+    server and for `cnr-oci migrate` alike; closed on exit."""
     timeout = aiohttp.ClientTimeout(
         total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout
     )
@@ -81,34 +92,44 @@ async def client_ctx(app: web.Application) -> AsyncIterator[None]:
                                      cookie_jar=aiohttp.DummyCookieJar(),
                                      headers={"Accept-Encoding": "identity"},
                                      read_bufsize=READ_BUFSIZE) as session:
-        client = OciClient(session, app[appkeys.UPSTREAM], metrics=app[appkeys.METRICS],
+        client = OciClient(session, upstream, metrics=metrics,
                            deadline=settings.upstream_timeout, min_rate=settings.upstream_min_rate,
                            rate_window=settings.upstream_rate_window)
-        app[appkeys.OCI] = client
         creds = await asyncio.to_thread(
             service_credentials, settings.registry_username, settings.registry_password,
             settings.docker_config, client.base.host_port_subcomponent or "",
         )
-        if creds is not None:
-            app[appkeys.SERVICE_CREDENTIALS] = creds
-        elif settings.anonymous_read or settings.service_write:
-            log.warning("--anonymous-read and --service-write do nothing without service credentials "
-                        "(--registry-username or --docker-config)")
         redis: Any = None
         if settings.redis_url:
             from redis.asyncio import from_url
 
             redis = from_url(settings.redis_url)
-        store = Store(client, settings.repository_prefix, cache_ttl=settings.cache_ttl, locks=PackageLocks(redis))
-        app[appkeys.STORE] = store
-        settler = asyncio.create_task(_settle_forever(store))
+        try:
+            store = Store(client, settings.repository_prefix, cache_ttl=settings.cache_ttl,
+                          locks=PackageLocks(redis))
+            yield Backend(store, creds)
+        finally:
+            if redis is not None:
+                await redis.aclose()
+
+
+async def client_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The backend of the server, and the task that settles tag writes of unknown outcome."""
+    settings = app[appkeys.SETTINGS]
+    async with open_backend(settings, app[appkeys.UPSTREAM], app[appkeys.METRICS]) as backend:
+        app[appkeys.OCI] = backend.store.client
+        app[appkeys.STORE] = backend.store
+        if backend.service_credentials is not None:
+            app[appkeys.SERVICE_CREDENTIALS] = backend.service_credentials
+        elif settings.anonymous_read or settings.service_write:
+            log.warning("--anonymous-read and --service-write do nothing without service credentials "
+                        "(--registry-username or --docker-config)")
+        settler = asyncio.create_task(_settle_forever(backend.store))
         try:
             yield
         finally:
             settler.cancel()
             await asyncio.gather(settler, return_exceptions=True)
-            if redis is not None:
-                await redis.aclose()
 
 
 async def _settle_forever(store: Store, interval: float = 1.0) -> None:

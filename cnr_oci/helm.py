@@ -9,13 +9,14 @@ from cnr_oci import layout
 
 
 def documents(chart: dict[str, Any], release: str, blob_digest: str, blob_size: int, created: str,
-              metadata: dict[str, Any] | None) -> tuple[bytes, dict[str, Any]]:
+              metadata: dict[str, Any] | None, extra: dict[str, str] | None = None) -> tuple[bytes, dict[str, Any]]:
     """(config blob, manifest) as helm push writes them for a chart; CNR metadata, which helm's
     layout has no place for, goes in an annotation."""
     config = helm_config(chart)
     annotations = helm_annotations(chart, release, created)
     if metadata is not None:
         annotations[layout.ANN_METADATA] = json.dumps(metadata, sort_keys=True)
+    annotations.update(extra or {})
     manifest = {
         # helm push writes no top-level mediaType (the Content-Type says it); a chart's manifest
         # differs from helm's only in documented annotations.
@@ -48,8 +49,7 @@ def helm_annotations(chart: dict[str, Any], release: str, created: str) -> dict[
     out = {k: _escape_non_ascii(v) for k, v in ann.items() if v.strip()}
     for key, value in (chart.get("annotations") or {}).items():
         # Nor may they set cnr-oci's own keys: a chart could fake another push's metadata.
-        own = key in (layout.ANN_TITLE, layout.ANN_VERSION, layout.ANN_METADATA, layout.ANN_MEDIA_TYPE)
-        if not own and isinstance(value, str):
+        if key not in layout.OWN_ANNOTATIONS and isinstance(value, str):
             out[str(key)] = _escape_non_ascii(value)
     return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import re
@@ -33,6 +34,13 @@ ANN_DESCRIPTION = "org.opencontainers.image.description"
 ANN_METADATA = "vnd.cnr.package.metadata"
 # On index entries: the CNR media type of the package the entry points at.
 ANN_MEDIA_TYPE = "vnd.cnr.package.media-type"
+# On migrated releases: the digest the source CNR server advertised ("sha256:<hex>"), and what it
+# hashed: "tar" (appr, Quay: the gunzipped tar) or "tar+gzip" (the blob as stored).
+ANN_SOURCE_DIGEST = "vnd.cnr.package.source-digest"
+ANN_SOURCE_DIGEST_OF = "vnd.cnr.package.source-digest-of"
+# Annotations only cnr-oci writes: a chart's own annotations may not set them.
+OWN_ANNOTATIONS = frozenset({ANN_TITLE, ANN_VERSION, ANN_METADATA, ANN_MEDIA_TYPE, ANN_SOURCE_DIGEST,
+                             ANN_SOURCE_DIGEST_OF})
 # Index entries of packages: platform unknown/unknown, as buildx writes for attestations.
 UNKNOWN_PLATFORM = {"architecture": "unknown", "os": "unknown"}
 
@@ -140,6 +148,26 @@ def created_date(value: Any) -> str | None:
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})")
 
 
+def rfc3339(value: Any) -> str | None:
+    """A date another server wrote (appr: ISO 8601 without a zone, meaning UTC) as cnr-oci writes
+    dates, RFC 3339 in UTC to the second; None when it is not a date."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value.replace("z", "Z"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def source_digest(doc: dict[str, Any]) -> str | None:
+    """The digest a migrated release had on its source server, if it was migrated."""
+    value = (doc.get("annotations") or {}).get(ANN_SOURCE_DIGEST)
+    return value if isinstance(value, str) else None
+
+
 def manifest_created(doc: dict[str, Any]) -> str | None:
     return created_date((doc.get("annotations") or {}).get(ANN_CREATED))
 
@@ -187,8 +215,10 @@ def check_written(name: str, doc: Any) -> None:
 
 
 def artifact_documents(pkg: Package, release: str, media_type: str, blob_digest: str, blob_size: int,
-                       metadata: dict[str, Any] | None, created: str) -> tuple[bytes, dict[str, Any]]:
-    """(config blob, manifest) of a CNR package that is not a chart: an OCI artifact."""
+                       metadata: dict[str, Any] | None, created: str,
+                       extra: dict[str, str] | None = None) -> tuple[bytes, dict[str, Any]]:
+    """(config blob, manifest) of a CNR package that is not a chart: an OCI artifact; ``extra``
+    annotations (a migrated release's source digest) go on the manifest."""
     cfg = {"package": pkg.full, "release": release, "media_type": media_type, "metadata": metadata,
            "created_at": created}
     check_written(schemas.CNR_CONFIG, cfg)
@@ -201,7 +231,7 @@ def artifact_documents(pkg: Package, release: str, media_type: str, blob_digest:
         "artifactType": artifact_type(media_type),
         "config": descriptor(CNR_CONFIG, config, sha256(config)),
         "layers": [layer],
-        "annotations": {ANN_VERSION: release, ANN_CREATED: created},
+        "annotations": {ANN_VERSION: release, ANN_CREATED: created, **(extra or {})},
     }
     check_written(schemas.CNR_MANIFEST, manifest)
     return config, manifest

@@ -10,7 +10,7 @@ from yarl import URL
 
 from cnr_oci.blobs import BlobStream, UploadSession
 from cnr_oci.layout import MANIFEST_ACCEPT, Manifest, sha256
-from cnr_oci.transport import Transport
+from cnr_oci.transport import Body, Transport
 from cnr_oci.upstream import (
     MAX_MANIFEST,
     DigestMismatch,
@@ -138,11 +138,12 @@ class OciClient(Transport):
         return BlobStream(resp, digest, self.min_rate, self.rate_window)
 
     async def upload_blob(
-        self, repo: str, digest: str, data: bytes, mount_from: str | None = None,
+        self, repo: str, digest: str, data: Body, mount_from: str | None = None,
         session: UploadSession | None = None,
     ) -> str:
         """Upload unless present: HEAD, then mount or POST + PUT ?digest= (monolithic).
-        An open, unused session of this repository is used instead of a new POST.
+        An open, unused session of this repository is used instead of a new POST. ``data`` is the
+        bytes, or a local file sent in chunks (a spooled blob: never held whole).
 
         Returns:
             "exists", "mounted" or "uploaded".
@@ -169,17 +170,23 @@ class OciClient(Transport):
         await self._put_blob(repo, digest, data, location)
         return "uploaded"
 
-    async def _put_blob(self, repo: str, digest: str, data: bytes, location: str) -> None:
-        """Finish an upload session in one PUT ?digest= (distribution has no monolithic POST)."""
+    async def _put_blob(self, repo: str, digest: str, data: Body, location: str) -> None:
+        """Finish an upload session in one PUT ?digest= (distribution has no monolithic POST); a
+        session the PUT did not close (a digest the registry refuses, say) is cancelled."""
         url = self._location(location).update_query({"digest": digest})
-        resp = await self._request(
-            "PUT",
-            url,
-            expect=(201, 204),
-            headers={"Content-Type": "application/octet-stream"},
-            data=data,
-            what=f"PUT blob {repo}@{digest}",
-        )
+        try:
+            resp = await self._request(
+                "PUT",
+                url,
+                expect=(201, 204),
+                headers={"Content-Type": "application/octet-stream"},
+                data=data,
+                what=f"PUT blob {repo}@{digest}",
+            )
+        except RegistryError as exc:
+            if not isinstance(exc, NotFound):
+                await self.cancel_upload(UploadSession(repo, location))
+            raise
         resp.release()
 
     async def open_upload(self, repo: str) -> UploadSession:

@@ -308,5 +308,24 @@ class ReadModel:
         return Details(metadata, created)
 
     async def open_blob(self, pkg: Package, digest: str) -> blobs.BlobStream:
-        """A verified stream of one blob of the package."""
-        return await self.client.open_blob(self.repo(pkg), digest)
+        """A verified stream of one blob of the package; a digest the registry does not know may be
+        the one a migrated release had on its source server (appr hashed the tar, not the .tar.gz):
+        that release's blob is streamed instead.
+
+        Raises:
+            NotFound: neither the registry nor a migrated release knows the digest.
+        """
+        try:
+            return await self.client.open_blob(self.repo(pkg), digest)
+        except upstream.NotFound:
+            migrated = await self._by_source_digest(pkg, digest)
+            if migrated is None:
+                raise
+        return await self.client.open_blob(self.repo(pkg), str(migrated.layer["digest"]))
+
+    async def _by_source_digest(self, pkg: Package, digest: str) -> Entry | None:
+        try:
+            found = await self.all_entries(pkg, await self.releases(pkg))
+        except errors.PackageNotFound:
+            return None
+        return next((e for e in found if layout.source_digest(e.manifest) == digest and e.layer.get("digest")), None)

@@ -6,6 +6,7 @@ import asyncio
 import io
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -41,6 +42,21 @@ STREAM_BODY = 64 * 1024  # larger bodies are sent from a BytesIO, in chunks
 
 async def _keep_open(resp: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
     return resp
+
+
+# A request body: bytes, or a local file (a spooled blob), sent in chunks and re-read for a resend.
+Body = bytes | Path
+
+
+def body_size(data: Body) -> int:
+    return data.stat().st_size if isinstance(data, Path) else len(data)
+
+
+def _payload(data: Body | None) -> Any:
+    """What aiohttp sends: large bodies in chunks, from a fresh reader for every attempt."""
+    if isinstance(data, Path):
+        return data.open("rb")
+    return io.BytesIO(data) if data is not None and len(data) > STREAM_BODY else data
 
 
 class Transport:
@@ -96,7 +112,7 @@ class Transport:
         expect: tuple[int, ...] = (200,),
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
-        data: bytes | None = None,
+        data: Body | None = None,
         what: str = "",
         authenticate: bool = True,
     ) -> aiohttp.ClientResponse:
@@ -113,7 +129,7 @@ class Transport:
         expect: tuple[int, ...] = (200,),
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
-        data: bytes | None = None,
+        data: Body | None = None,
         what: str = "",
         authenticate: bool = True,
         body_limit: int = 0,
@@ -132,7 +148,7 @@ class Transport:
         what = what or f"{method} {url.path}"
         deadline = self.deadline
         if deadline is not None and data:
-            deadline += self._allowance(len(data))
+            deadline += self._allowance(body_size(data))
         timer = asyncio.timeout(deadline)
         try:
             async with timer:
@@ -146,7 +162,7 @@ class Transport:
     async def _attempts(
         self, method: str, url: URL, reader: Callable[[aiohttp.ClientResponse], Awaitable[T]],
         expect: tuple[int, ...], headers: Mapping[str, str] | None, params: Mapping[str, str] | None,
-        data: bytes | None, what: str, authenticate: bool, body_limit: int, timer: asyncio.Timeout,
+        data: Body | None, what: str, authenticate: bool, body_limit: int, timer: asyncio.Timeout,
     ) -> T:
         attempts = self._retries + 1 if method in IDEMPOTENT else 1
         for attempt in range(attempts):
@@ -183,14 +199,14 @@ class Transport:
 
     async def _send(
         self, method: str, url: URL, headers: Mapping[str, str] | None,
-        params: Mapping[str, str] | None, data: bytes | None, what: str, authenticate: bool = True,
+        params: Mapping[str, str] | None, data: Body | None, what: str, authenticate: bool = True,
     ) -> aiohttp.ClientResponse:
         """Send as the request's identity; answer one 401 challenge, then give up.
 
         Credentials go only to the upstream's own origin: an upload Location or a Link
         that names another host gets the request without them, and its challenges unanswered.
         """
-        body: Any = io.BytesIO(data) if data is not None and len(data) > STREAM_BODY else data
+        body: Any = _payload(data)
         if authenticate and origin(url) != self._origin:
             log.info("%s: %s is not the registry's origin; sending no credentials", what, url.origin())
             authenticate = False
@@ -206,7 +222,7 @@ class Transport:
             if auth:
                 sent["Authorization"] = auth
             if attempt:
-                body = io.BytesIO(data) if data is not None and len(data) > STREAM_BODY else data
+                body = _payload(data)
             resp = await self._session.request(method, url, headers=sent, params=params, data=body)
             self.metrics.upstream.labels(method, str(resp.status)).inc()
             if resp.status != 401:

@@ -9,7 +9,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cachetools import LRUCache
@@ -21,6 +21,7 @@ from cnr_oci.layout import Manifest
 from cnr_oci.locks import PackageLocks
 from cnr_oci.mapping import Package
 from cnr_oci.readmodel import Contents, ReadModel
+from cnr_oci.transport import Body
 
 log = logging.getLogger(__name__)
 # Digests whose blob was last pushed to a known repository, for cross-repository mounts.
@@ -39,18 +40,37 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def documents(pkg: Package, inp: PushInput, created: str, max_manifest: int) -> tuple[bytes, bytes]:
-    """(config blob, manifest) for a push: helm's own layout for a chart, else a CNR artifact.
+@dataclass(frozen=True)
+class Release:
+    """One (release, media type) to write: everything but the blob's bytes."""
+
+    release: str
+    media_type: str
+    digest: str  # the blob's
+    size: int
+    metadata: dict[str, Any] | None
+    chart: dict[str, Any] | None
+    force: bool
+    created: str | None = None  # None: now
+    annotations: dict[str, str] = field(default_factory=dict)  # more, on the manifest
+
+    @classmethod
+    def of(cls, inp: PushInput) -> Release:
+        return cls(inp.release, inp.media_type, inp.digest, len(inp.blob), inp.metadata, inp.chart, inp.force)
+
+
+def documents(pkg: Package, rel: Release, created: str, max_manifest: int) -> tuple[bytes, bytes]:
+    """(config blob, manifest) for a release: helm's own layout for a chart, else a CNR artifact.
 
     Raises:
         PayloadTooLarge: they would pass the registry's manifest limit.
     """
-    size = len(inp.blob)
-    if inp.chart is not None:
-        config, doc = helm.documents(inp.chart, inp.release, inp.digest, size, created, inp.metadata)
+    if rel.chart is not None:
+        config, doc = helm.documents(rel.chart, rel.release, rel.digest, rel.size, created, rel.metadata,
+                                     rel.annotations)
     else:
-        config, doc = layout.artifact_documents(pkg, inp.release, inp.media_type, inp.digest, size,
-                                                inp.metadata, created)
+        config, doc = layout.artifact_documents(pkg, rel.release, rel.media_type, rel.digest, rel.size,
+                                                rel.metadata, created, rel.annotations)
     raw = layout.compact(doc)
     layout.check_size(config, raw, max_manifest)
     return config, raw
@@ -86,7 +106,11 @@ class WritePath:
             await self.client.cancel_upload(session)
 
     async def push(self, pkg: Package, inp: PushInput, session: blobs.UploadSession | None = None) -> None:
-        """Store a package.
+        """Store a pushed package (E7); the blob is in memory, as the push body brought it."""
+        await self.write(pkg, Release.of(inp), inp.blob, session)
+
+    async def write(self, pkg: Package, rel: Release, blob: Body, session: blobs.UploadSession | None = None) -> None:
+        """Store a package: its blob (bytes, or a spooled file sent in chunks), config, manifest, tag.
 
         A release that already holds other media types, or a container image, becomes
         an OCI index with one entry each; a release holding one package is that manifest.
@@ -95,29 +119,29 @@ class WritePath:
             PackageExists: the (release, media type) exists and force is off.
         """
         repo = self.read.repo(pkg)
-        tag = mapping.release_to_tag(inp.release)
-        config, raw = documents(pkg, inp, now_iso(), self.client.max_manifest)
+        tag = mapping.release_to_tag(rel.release)
+        config, raw = documents(pkg, rel, rel.created or now_iso(), self.client.max_manifest)
         async with self.locks.hold(repo):
             await self._settle_before_listing(repo)
-            held = await self.read.contents(repo, inp.release, fresh=True)
-            if inp.media_type in held.packages and not inp.force:
+            held = await self.read.contents(repo, rel.release, fresh=True)
+            if rel.media_type in held.packages and not rel.force:
                 raise errors.PackageExists(
-                    f"{pkg.full} release {inp.release} ({inp.media_type}) already exists; "
+                    f"{pkg.full} release {rel.release} ({rel.media_type}) already exists; "
                     "push with force to overwrite",
-                    {"package": pkg.full, "release": inp.release, "media_type": inp.media_type},
+                    {"package": pkg.full, "release": rel.release, "media_type": rel.media_type},
                 )
             # Side by side, but under the lock: distribution answers 500 while concurrent
             # uploads of one digest commit into the same repository.
-            home = self._blob_home.get(inp.digest)
+            home = self._blob_home.get(rel.digest)
             await asyncio.gather(
-                self.client.upload_blob(repo, inp.digest, inp.blob, home if home != repo else None, session),
+                self.client.upload_blob(repo, rel.digest, blob, home if home != repo else None, session),
                 self.client.upload_blob(repo, layout.sha256(config), config),
             )
-            self._blob_home[inp.digest] = repo
+            self._blob_home[rel.digest] = repo
             new = Manifest(layout.sha256(raw), layout.OCI_MANIFEST, raw, json.loads(raw))
-            replaced = held.packages.get(inp.media_type, ({}, None))[0].get("digest")
+            replaced = held.packages.get(rel.media_type, ({}, None))[0].get("digest")
             children = [c for c in held.children if c["digest"] != replaced]
-            children.append(layout.package_descriptor(inp.media_type, new))
+            children.append(layout.package_descriptor(rel.media_type, new))
             if len(children) > 1:
                 await self.client.put_manifest(repo, new.digest, raw, layout.OCI_MANIFEST)
             try:

@@ -1,0 +1,189 @@
+"""A CNR API server read as a migration source (appr, Quay's /cnr, cnr-server, another cnr-oci)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from cnr_oci import errors, mapping, safejson
+
+# A source's JSON answers (listings, manifest lists) are read whole, up to this.
+MAX_LISTING = 64 * 1024 * 1024
+CHUNK = 1024 * 1024
+
+
+class SourceError(errors.CnrOciError):
+    """The source answered an error, garbage, or nothing."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class SourceRelease:
+    """One (release, media type) as the source lists it."""
+
+    package: str
+    release: str
+    media_type: str
+    digest: str  # "sha256:<hex>", as the source advertises it
+    size: int | None
+    metadata: Any
+    created_at: Any
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A blob spooled to a local file, with the digests a source may have advertised for it."""
+
+    path: Path
+    size: int
+    gzip_digest: str  # of the bytes as served (the .tar.gz)
+    tar_digest: str | None  # of the gunzipped bytes (appr's digest); None if they are not gzip
+
+
+def _hashes(path: Path) -> tuple[str, str | None]:
+    """sha256 of a file, and of its gunzipped content (None when it is not whole gzip data); one
+    pass, inflating in bounded steps, so a bomb never materialises (run in a thread)."""
+    raw, tar = hashlib.sha256(), hashlib.sha256()
+    z: Any = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    gzip_ok = True
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            raw.update(chunk)
+            data, more = chunk, False
+            while gzip_ok and (data or more):
+                try:
+                    out = z.decompress(data, CHUNK)
+                except zlib.error:
+                    gzip_ok = False
+                    break
+                tar.update(out)
+                if z.eof:  # what follows the member, if anything, is the next gzip member
+                    data, more = z.unused_data, False
+                    if data:
+                        z = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+                else:  # input held back by the output limit, or output still pending
+                    data, more = z.unconsumed_tail, len(out) == CHUNK
+    whole = gzip_ok and z.eof
+    return "sha256:" + raw.hexdigest(), ("sha256:" + tar.hexdigest()) if whole else None
+
+
+class CnrSource:
+    """Reads packages, releases, channels and blobs through the CNR API alone."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, prefix: str = "/cnr") -> None:
+        self.session = session
+        self.base = url.rstrip("/") + ("/" + prefix.strip("/") if prefix.strip("/") else "")
+        self.headers: dict[str, str] = {}
+
+    def use_token(self, token: str) -> None:
+        """appr's and cnr-oci's tokens go as they are in Authorization; Quay's as "Bearer ..." too."""
+        self.headers["Authorization"] = token
+
+    def use_basic(self, user: str, password: str) -> None:
+        self.headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    async def login(self, user: str, password: str) -> None:
+        """E3: a token for these credentials, used from then on."""
+        body = {"user": {"username": user, "password": password}}
+        doc = await self._json("POST", "/api/v1/users/login", json=body)
+        token = doc.get("token") if isinstance(doc, dict) else None
+        if not isinstance(token, str) or not token:
+            raise SourceError("the source's login answered no token")
+        self.use_token(token)
+
+    def _url(self, path: str) -> str:
+        return self.base + path
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            async with self.session.request(method, self._url(path), headers=self.headers, **kwargs) as resp:
+                raw = await resp.content.read(MAX_LISTING + 1)
+                if resp.status >= 400:
+                    raise SourceError(f"{method} {path}: the source answered {resp.status}: "
+                                      f"{raw[:300].decode('utf-8', 'replace')}", resp.status)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise SourceError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        if len(raw) > MAX_LISTING:
+            raise SourceError(f"{method} {path}: the answer is larger than {MAX_LISTING} bytes")
+        try:
+            return safejson.load_json(raw, "answer")
+        except errors.CnrError as exc:
+            raise SourceError(f"{method} {path}: {exc.message}") from exc
+
+    async def packages(self, namespace: str | None = None) -> list[str]:
+        """E5: the names ("ns/name") the source lists, in one namespace or all."""
+        doc = await self._json("GET", "/api/v1/packages", params={"namespace": namespace} if namespace else None)
+        if not isinstance(doc, list):
+            raise SourceError("the source's package list is not a JSON list")
+        names = [p.get("name") for p in doc if isinstance(p, dict)]
+        return sorted({n for n in names if isinstance(n, str) and n.count("/") == 1})
+
+    async def releases(self, package: str) -> list[SourceRelease]:
+        """E8: every (release, media type) of a package, with digest, metadata and created_at."""
+        doc = await self._json("GET", f"/api/v1/packages/{package}")
+        if not isinstance(doc, list):
+            raise SourceError(f"the source's manifest list of {package} is not a JSON list")
+        out = []
+        for m in doc:
+            content = m.get("content") if isinstance(m, dict) else None
+            if not isinstance(content, dict) or not isinstance(m.get("release"), str):
+                raise SourceError(f"a manifest of {package} has no release or content")
+            digest = str(content.get("digest") or "").removeprefix("sha256:")
+            media_type = mapping.long_media_type_name(str(m.get("mediaType"))) or str(m.get("mediaType"))
+            size = content.get("size")
+            out.append(SourceRelease(package, m["release"], media_type, "sha256:" + digest,
+                                     size if isinstance(size, int) else None, m.get("metadata"), m.get("created_at")))
+        return out
+
+    async def channels(self, package: str) -> list[dict[str, Any]]:
+        """E14: the package's channels (name, current, releases)."""
+        doc = await self._json("GET", f"/api/v1/packages/{package}/channels")
+        if not isinstance(doc, list):
+            raise SourceError(f"the source's channel list of {package} is not a JSON list")
+        return [c for c in doc if isinstance(c, dict) and isinstance(c.get("name"), str)]
+
+    async def fetch(self, rel: SourceRelease, dest: Path) -> Fetched:
+        """The blob, by the digest the source advertises (E13), else by release (E12), spooled to
+        ``dest`` as it arrives; never held whole."""
+        hexd = rel.digest.removeprefix("sha256:")
+        paths = [f"/api/v1/packages/{rel.package}/blobs/sha256/{hexd}",
+                 f"/api/v1/packages/{rel.package}/{quote(rel.release, safe='')}/{rel.media_type}/pull"]
+        last: SourceError | None = None
+        for path in paths:
+            try:
+                size = await self._download(path, dest)
+            except SourceError as exc:
+                if exc.status != 404:
+                    raise
+                last = exc
+                continue
+            gz, tar = await asyncio.to_thread(_hashes, dest)
+            return Fetched(dest, size, gz, tar)
+        assert last is not None
+        raise last
+
+    async def _download(self, path: str, dest: Path) -> int:
+        size = 0
+        try:
+            async with self.session.get(self._url(path), headers=self.headers) as resp:
+                if resp.status >= 400:
+                    text = (await resp.content.read(300)).decode("utf-8", "replace")
+                    raise SourceError(f"GET {path}: the source answered {resp.status}: {text}", resp.status)
+                with dest.open("wb") as out:
+                    async for chunk in resp.content.iter_chunked(CHUNK):
+                        out.write(chunk)
+                        size += len(chunk)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise SourceError(f"GET {path}: {type(exc).__name__}: {exc}") from exc
+        return size
