@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
@@ -64,7 +65,9 @@ class ApprServer:
                 with urllib.request.urlopen(f"{self.api}/packages", timeout=2) as resp:
                     if resp.status == 200:
                         return
-            except OSError:  # refused while it starts (HTTPError is an OSError too)
+            except urllib.error.HTTPError as e:
+                e.close()
+            except OSError:  # refused while it starts
                 pass
             if time.monotonic() > deadline:
                 self.stop()
