@@ -19,6 +19,9 @@ from aiohttp.test_utils import TestClient
 from cnr_oci.app import create_app
 from cnr_oci.embedded import EmbeddedRegistry, free_port
 from cnr_oci.settings import Settings
+from tests.appr_server import ApprServer
+from tests.appr_server import installed as appr_server_installed
+from tests.clients.install_appr_server import main as install_appr_server
 from tests.helpers import body, kpm, unique
 
 
@@ -176,3 +179,14 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         except subprocess.TimeoutExpired:
             proc.kill()
         live.registry.stop()
+
+
+@pytest.fixture(scope="session")
+def appr_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApprServer]:
+    """The real appr 0.7.4 server (filesystem store) on a free port, for the session: a test fills its own
+    namespaces (tests/appr_fill.py). Skips when `make clients` has not installed it (a failure in CI)."""
+    if not appr_server_installed():
+        pytest.skip("appr-server is not installed (make clients, or python tests/clients/install_appr_server.py)")
+    install_appr_server()  # a no-op unless its packages or edits changed
+    with ApprServer(tmp_path_factory.mktemp("appr-server")) as server:
+        yield server
