@@ -17,7 +17,7 @@ import yaml
 from cnr_oci import errors, mapping, schemas
 from cnr_oci.helm import helm_config
 from cnr_oci.safejson import MAX_DEPTH, load_json
-from cnr_oci.tarscan import TarFormatError, TarLimitError, TarMember, TarScanner
+from cnr_oci.tarscan import Archive, TarFormatError, TarLimitError, TarMember, TarScanner
 
 # -- limits -------------------------------------------------------------------------------------------
 
@@ -132,7 +132,7 @@ def _is_chart_yaml(member: TarMember) -> bool:
     return member.is_file and len(parts) == 2 and parts[1] == b"Chart.yaml"
 
 
-def inspect_tarball(data: bytes, media_type: str) -> dict[str, Any] | None:
+def inspect_tarball(data: Archive, media_type: str) -> dict[str, Any] | None:
     """Check that data is a gzipped tar with members; for helm, return Chart.yaml.
 
     For helm the scan stops at the first <dir>/Chart.yaml (or goes to the end, within the limits, to

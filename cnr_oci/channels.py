@@ -99,6 +99,23 @@ class Channels:
             await self._put(pkg, {"name": name, "current": release, "releases": ordered})
         return Channel(name, release, ordered)
 
+    async def put(self, pkg: Package, name: str, releases: list[str], current: str | None) -> bool:
+        """Make a channel hold exactly these releases (that exist) with this current one (default: the
+        highest); False when it already did. For migration, which copies channels whole."""
+        mapping.check_channel(name)
+        async with self.write.locks.hold(self.read.repo(pkg)):
+            existing = set(await self.read.releases(pkg))
+            ordered = mapping.sort_releases(r for r in set(releases) if r in existing)
+            if not ordered:
+                raise errors.ReleaseNotFound(f"none of the releases of channel {name} exist in {pkg.full}",
+                                             {"package": pkg.full, "channel": name})
+            doc = {"name": name, "current": current if current in ordered else ordered[0], "releases": ordered}
+            found = await self._stored(self.read.repo(pkg), name, fresh=True)
+            if found is not None and found[0] == doc:
+                return False
+            await self._put(pkg, doc)
+        return True
+
     async def remove_release(self, pkg: Package, name: str, release: str) -> None:
         """E17: drop a release; current moves to the highest left; the last one deletes the channel."""
         mapping.check_channel(name)

@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-dir", dest="data_dir", default=None,
                        help=f"data directory (default ./data); env {env_name('--data-dir')}")
     add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    from cnr_oci import migratecli
+
+    migratecli.add_parser(sub, FLAGS, SWITCHES, env_name)
     return parser
 
 
@@ -241,6 +244,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "migrate":
+        from cnr_oci import migratecli
+
+        return migratecli.main(args, settings, environ)
     from cnr_oci import server
     from cnr_oci.app import create_app
     from cnr_oci.auth import SecretError

@@ -112,7 +112,7 @@ class CnrSource:
                 if resp.status >= 400:
                     raise SourceError(f"{method} {path}: the source answered {resp.status}: "
                                       f"{raw[:300].decode('utf-8', 'replace')}", resp.status)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise SourceError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         if len(raw) > MAX_LISTING:
             raise SourceError(f"{method} {path}: the answer is larger than {MAX_LISTING} bytes")
@@ -184,6 +184,6 @@ class CnrSource:
                     async for chunk in resp.content.iter_chunked(CHUNK):
                         out.write(chunk)
                         size += len(chunk)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise SourceError(f"GET {path}: {type(exc).__name__}: {exc}") from exc
         return size

@@ -7,11 +7,15 @@ with their reasons.
 
 from __future__ import annotations
 
+import mmap
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cnr_oci import errors
+
+# A whole .tar.gz: bytes, or a memory-mapped spooled file (read as needed, never copied whole).
+Archive = bytes | mmap.mmap
 
 # helm's own ceiling on a chart's decompressed size: `var MaxDecompressedChartSize int64 = 100 * 1024 *
 # 1024` in helm's pkg/chart/loader/archive.go (recent helm 3 releases; helm 4 keeps it in
@@ -50,7 +54,7 @@ class _Inflater:
     """The decompressed bytes of a gzip stream (members concatenated), inflated on demand in small
     chunks, so that a gzip bomb never materialises; at most MAX_EXPANDED bytes are ever inflated."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: Archive) -> None:
         self._src = memoryview(data)
         self._pos = 0
         self._z = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
@@ -187,7 +191,7 @@ class TarScanner:
     time, and what read_data returns is ever held in memory.
     """
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: Archive) -> None:
         self._in = _Inflater(data)
         self._left = 0  # data and padding of the current member not yet consumed
         self._size = 0

@@ -13,11 +13,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cnr_oci"
 LAYERS: list[tuple[str, list[str]]] = [
     ("vocabulary", ["errors", "settings", "metrics", "schemas", "safejson", "mapping", "auth"]),
     ("documents", ["layout", "helm", "tarscan", "archive"]),
-    ("registry", ["challenge", "upstream", "transport", "blobs", "oci", "embedded", "locks"]),
-    ("storage", ["readmodel", "writepath", "channels", "catalog", "store"]),
+    ("registry", ["challenge", "upstream", "transport", "blobs", "oci", "embedded", "locks",
+                  "cnrsource"]),
+    ("storage", ["readmodel", "writepath", "channels", "catalog", "store", "migrate"]),
     ("http", ["translate", "wire", "appkeys", "streaming", "bodies", "logsafe", "server", "middleware", "ops",
               "routes"]),
-    ("process", ["app", "cli", "__main__", "__init__"]),
+    ("process", ["app", "migratecli", "cli", "__main__", "__init__"]),
 ]
 RANK = {m: (i, j) for i, (_, mods) in enumerate(LAYERS) for j, m in enumerate(mods)}
 MAX_MODULE_LINES = 350

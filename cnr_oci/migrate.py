@@ -1,0 +1,243 @@
+"""Migration: every package, release, media type and channel of a CNR server, copied into the store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mmap
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnr_oci import archive, errors, layout, mapping, upstream
+from cnr_oci.cnrsource import CnrSource, Fetched, SourceError, SourceRelease
+from cnr_oci.mapping import Package
+from cnr_oci.readmodel import Entry
+from cnr_oci.store import Store
+from cnr_oci.writepath import Release
+
+log = logging.getLogger(__name__)
+
+# What happened to one (release, media type), or one channel.
+COPIED, SAME, OVERWRITTEN = "copied", "exists", "overwritten"
+CONFLICT, FAILED, PLANNED = "conflict", "failed", "planned"
+MOVED = frozenset({COPIED, SAME, OVERWRITTEN})
+
+
+@dataclass
+class Outcome:
+    package: str
+    release: str
+    media_type: str
+    status: str
+    detail: str = ""
+    bytes: int = 0
+    source_digest: str = ""
+    source_digest_of: str = ""  # "tar" (appr), "tar+gzip", or "" when not fetched
+
+
+@dataclass
+class ChannelOutcome:
+    package: str
+    channel: str
+    status: str  # "written", "exists", "failed", "planned"
+    detail: str = ""
+    releases: list[str] = field(default_factory=list)
+    current: str | None = None
+
+
+@dataclass
+class Report:
+    source: str
+    releases: list[Outcome] = field(default_factory=list)
+    channels: list[ChannelOutcome] = field(default_factory=list)
+    packages_failed: dict[str, str] = field(default_factory=dict)  # package: why it could not be listed
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.packages_failed and all(o.status in MOVED | {PLANNED} for o in self.releases) and all(
+            c.status != "failed" for c in self.channels)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for o in self.releases:
+            out[o.status] = out.get(o.status, 0) + 1
+        return out
+
+    def as_json(self) -> dict[str, Any]:
+        return {"source": self.source, "ok": self.ok, "seconds": round(self.seconds, 3), "counts": self.counts(),
+                "packages_failed": self.packages_failed, "releases": [asdict(o) for o in self.releases],
+                "channels": [asdict(c) for c in self.channels]}
+
+
+@dataclass
+class Progress:
+    """Callbacks a front end (progress bars, log lines) hooks into; all optional."""
+
+    total: Callable[[int, int], None] = lambda releases, nbytes: None
+    release_done: Callable[[Outcome], None] = lambda outcome: None
+    bytes_moved: Callable[[int], None] = lambda n: None
+
+
+def _chart_of(path: Path, size: int) -> dict[str, Any] | None:
+    """Chart.yaml of a spooled helm blob, read through a memory map (nothing held whole; run in a thread)."""
+    if size == 0:
+        raise errors.InvalidUsage("blob is empty")
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        return archive.inspect_tarball(mapped, "helm")
+
+
+class Migration:
+    """Copies releases with ``jobs`` transfers at once; each is verified, written tag last, read back."""
+
+    def __init__(self, store: Store, source: CnrSource, *, jobs: int = 4, force: bool = False,
+                 dry_run: bool = False, workdir: Path | None = None, progress: Progress | None = None) -> None:
+        self.store = store
+        self.source = source
+        self.force = force
+        self.dry_run = dry_run
+        self.workdir = workdir
+        self.progress = progress or Progress()
+        self._slots = asyncio.Semaphore(jobs)
+        self.report = Report(source.base)
+
+    async def run(self, namespaces: list[str], packages: list[str]) -> Report:
+        """Every package named, or listed in the namespaces (all, when neither is given)."""
+        start = time.monotonic()
+        names = set(packages)
+        if namespaces or not packages:
+            for ns in namespaces or [None]:  # type: ignore[list-item]
+                try:
+                    names |= set(await self.source.packages(ns))
+                except SourceError as exc:
+                    self.report.packages_failed[f"{ns or '*'}/*"] = str(exc)
+        listed: list[tuple[str, list[SourceRelease]]] = []
+        for name in sorted(names):
+            try:
+                listed.append((name, await self.source.releases(name)))
+            except SourceError as exc:
+                self.report.packages_failed[name] = str(exc)
+        self.progress.total(sum(len(r) for _, r in listed), sum(x.size or 0 for _, r in listed for x in r))
+        with tempfile.TemporaryDirectory(prefix="cnr-oci-migrate-", dir=self.workdir) as tmp:
+            await asyncio.gather(*(self._package(name, rels, Path(tmp)) for name, rels in listed))
+        self.report.seconds = time.monotonic() - start
+        return self.report
+
+    async def _package(self, name: str, rels: list[SourceRelease], tmp: Path) -> None:
+        ns, _, short = name.partition("/")
+        try:
+            pkg = mapping.parse_package(ns, short, self.store.read.prefix)
+        except errors.CnrError as exc:
+            self.report.packages_failed[name] = exc.message
+            return
+        # Oldest first, so that an interrupted run leaves the older releases in place.
+        ordered = sorted(rels, key=lambda r: (mapping.is_release(r.release), r.release))
+        outcomes = await asyncio.gather(*(self._release(pkg, r, tmp) for r in ordered))
+        moved = {o.release for o in outcomes if o.status in MOVED | {PLANNED}}
+        try:
+            channels = await self.source.channels(name)
+        except SourceError as exc:
+            self.report.channels.append(ChannelOutcome(name, "*", "failed", str(exc)))
+            return
+        for ch in channels:
+            self.report.channels.append(await self._channel(pkg, ch, moved))
+
+    async def _release(self, pkg: Package, rel: SourceRelease, tmp: Path) -> Outcome:
+        out = Outcome(pkg.full, rel.release, rel.media_type, FAILED, source_digest=rel.digest)
+        try:
+            async with self._slots:
+                await self._copy(pkg, rel, tmp, out)
+        except (SourceError, upstream.RegistryError, errors.CnrError, OSError) as exc:
+            out.status, out.detail = FAILED, getattr(exc, "message", None) or str(exc)
+        log.log(logging.WARNING if out.status in (FAILED, CONFLICT) else logging.INFO,
+                "%s %s (%s): %s%s", pkg.full, rel.release, rel.media_type, out.status,
+                f": {out.detail}" if out.detail else "")
+        self.report.releases.append(out)
+        self.progress.release_done(out)
+        return out
+
+    async def _held(self, pkg: Package, rel: SourceRelease) -> Entry | None:
+        try:
+            found = await self.store.read.entries(pkg, rel.release, fresh=True)
+        except errors.PackageNotFound:
+            return None
+        return next((e for e in found if e.media_type == rel.media_type), None)
+
+    async def _copy(self, pkg: Package, rel: SourceRelease, tmp: Path, out: Outcome) -> None:
+        if not mapping.is_release(rel.release):
+            raise errors.InvalidRelease(f"release {rel.release[:80]!r} is not a SemVer 2.0 version")
+        mapping.normalize_media_type(rel.media_type)
+        held = await self._held(pkg, rel)
+        if held is not None and rel.digest in (layout.source_digest(held.manifest), held.layer.get("digest")):
+            out.status, out.detail = SAME, "the target already holds it, with this digest"
+            return
+        if self.dry_run:
+            out.status = CONFLICT if held is not None else PLANNED
+            out.bytes = rel.size or 0
+            out.detail = "the target holds other content" if held is not None else ""
+            return
+        spool = tmp / f"{pkg.file_stem}_{mapping.release_to_tag(rel.release)}_{rel.media_type}.blob"
+        try:
+            fetched = await self.source.fetch(rel, spool)
+            self.progress.bytes_moved(fetched.size)
+            out.bytes, out.source_digest_of = fetched.size, self._digest_of(rel, fetched)
+            if held is not None:
+                if held.layer.get("digest") == fetched.gzip_digest:
+                    out.status, out.detail = SAME, "the target holds the same bytes"
+                    return
+                if not self.force:
+                    out.status = CONFLICT
+                    out.detail = "the target holds other bytes for this release; --force overwrites"
+                    return
+            await self._write(pkg, rel, fetched, out, overwrite=held is not None)
+        finally:
+            spool.unlink(missing_ok=True)
+
+    @staticmethod
+    def _digest_of(rel: SourceRelease, fetched: Fetched) -> str:
+        """Which bytes the source's digest is of; raises when it is of neither (nothing is written)."""
+        if rel.digest == fetched.gzip_digest:
+            return "tar+gzip"
+        if rel.digest == fetched.tar_digest:
+            return "tar"
+        raise SourceError(f"the bytes served do not match the advertised digest {rel.digest} (their sha256 "
+                          f"is {fetched.gzip_digest}, gunzipped {fetched.tar_digest}); nothing was written")
+
+    async def _write(self, pkg: Package, rel: SourceRelease, fetched: Fetched, out: Outcome, overwrite: bool) -> None:
+        chart = await asyncio.to_thread(_chart_of, fetched.path, fetched.size) if rel.media_type == "helm" else None
+        release = Release(
+            rel.release, rel.media_type, fetched.gzip_digest, fetched.size, rel.metadata, chart, force=overwrite,
+            created=layout.rfc3339(rel.created_at),
+            annotations={layout.ANN_SOURCE_DIGEST: rel.digest, layout.ANN_SOURCE_DIGEST_OF: out.source_digest_of})
+        try:
+            await self.store.write.write(pkg, release, fetched.path)
+        except errors.PackageExists:
+            out.status, out.detail = CONFLICT, "written meanwhile by someone else; --force overwrites"
+            return
+        back = await self._held(pkg, rel)  # read back through the read model, as a client would see it
+        if back is None or back.layer.get("digest") != fetched.gzip_digest or layout.source_digest(
+                back.manifest) != rel.digest:
+            raise SourceError("the release read back differs from what was written")
+        out.status = OVERWRITTEN if overwrite else COPIED
+
+    async def _channel(self, pkg: Package, ch: dict[str, Any], moved: set[str]) -> ChannelOutcome:
+        name = str(ch["name"])
+        wanted = [r for r in ch.get("releases") or [] if isinstance(r, str) and r in moved]
+        current = ch.get("current") if ch.get("current") in wanted else None
+        out = ChannelOutcome(pkg.full, name, "planned", releases=mapping.sort_releases(wanted), current=current)
+        if not wanted:
+            out.status, out.detail = "failed", "none of its releases moved"
+            return out
+        if self.dry_run:
+            return out
+        try:
+            written = await self.store.channels.put(pkg, name, wanted, current)
+            out.status = "written" if written else "exists"
+            out.current = current or mapping.sort_releases(wanted)[0]
+        except (upstream.RegistryError, errors.CnrError) as exc:
+            out.status, out.detail = "failed", getattr(exc, "message", None) or str(exc)
+        return out

@@ -1,0 +1,180 @@
+"""`cnr-oci migrate` from the real appr 0.7.4 server (and from another cnr-oci) into a real registry."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cnr_oci.settings import Settings
+from tests import appr_fill, helpers
+
+ROOT = Path(__file__).resolve().parent.parent
+API = "/cnr/api/v1/packages"
+
+
+def migrate(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real command line, as an operator runs it."""
+    return subprocess.run([sys.executable, "-m", "cnr_oci", "migrate", "--progress", "lines", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def report_of(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+async def check_migrated(client: Any, exp: appr_fill.Expected) -> None:
+    """Every package, release, media type, metadata, created_at and channel of the source, through
+    cnr-oci's API; every blob byte for byte (by cnr-oci's digest and by appr's old one)."""
+    for name, pkg in exp.packages.items():
+        listed = await (await client.get(f"{API}/{name}")).json()
+        got = {(m["release"], m["mediaType"].split(".")[-3]): m for m in listed}
+        assert set(got) == set(pkg.manifests), name
+        for key, m in pkg.manifests.items():
+            release, media_type = key
+            obj = got[key]
+            assert obj["metadata"] == m.metadata, (name, key)
+            assert obj["created_at"] == m.created_at.split(".")[0] + "Z", (name, key, obj["created_at"])
+            pulled = await client.get(f"{API}/{name}/{release}/{media_type}/pull")
+            assert pulled.status == 200
+            h = hashlib.sha256()
+            async for chunk in pulled.content.iter_chunked(1 << 20):
+                h.update(chunk)
+            assert h.hexdigest() == m.sha256, (name, key)
+            assert obj["content"]["digest"] == m.sha256
+            old = await client.get(f"{API}/{name}/blobs/sha256/{m.digest}")  # appr's digest, pinned by pipelines
+            assert old.status == 200, (name, key)
+            h = hashlib.sha256()
+            async for chunk in old.content.iter_chunked(1 << 20):
+                h.update(chunk)
+            assert h.hexdigest() == m.sha256
+        channels = {c["name"]: c for c in await (await client.get(f"{API}/{name}/channels")).json()}
+        assert set(channels) == set(pkg.channels), name
+        for cname, ch in pkg.channels.items():
+            assert set(channels[cname]["releases"]) == set(ch.releases)
+            assert channels[cname]["current"] == ch.current, (name, cname)
+
+
+@pytest.fixture
+def target(registry, make_client):
+    """A cnr-oci over the test registry, to check what a migration wrote."""
+    async def make() -> Any:
+        return await make_client(Settings(upstream=registry.url, cache_ttl=0))
+    return make
+
+
+async def test_everything_in_an_appr_server_moves_and_a_second_run_copies_nothing(appr_server, registry, target,
+                                                                                   tmp_path):
+    ns = "m" + secrets.token_hex(3)
+    exp = await asyncio.to_thread(appr_fill.fill, appr_server.url, ns, big=50 * appr_fill.MIB, workdir=tmp_path)
+    report = tmp_path / "report.json"
+    done = await asyncio.to_thread(migrate, "--from", appr_server.url, "--namespace", ns, "--upstream", registry.url,
+                                   "--jobs", "4", "--report", str(report))
+    assert done.returncode == 0, done.stdout + done.stderr
+    first = report_of(report)
+    total = sum(len(p.manifests) for p in exp.packages.values())
+    assert first["counts"] == {"copied": total}, first["counts"]
+    assert {r["source_digest_of"] for r in first["releases"]} == {"tar"}  # appr hashed the gunzipped tar
+    await check_migrated(await target(), exp)
+
+    again = await asyncio.to_thread(migrate, "--from", appr_server.url, "--namespace", ns, "--upstream",
+                                    registry.url, "--report", str(report))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert report_of(report)["counts"] == {"exists": total}
+    assert {c["status"] for c in report_of(report)["channels"]} == {"exists"}
+
+
+@pytest.mark.parametrize("helm, flags", [(".tools/helm", []), (".tools/helm4/helm", ["--plain-http"])],
+                         ids=["helm-3.8.1", "helm-4.1.4"])
+async def test_helm_pulls_a_migrated_chart_from_the_registry(appr_server, registry, tmp_path, helm, flags):
+    helm = str(ROOT / helm)
+    (tmp_path / "out").mkdir()  # helm 3.8 pull -d does not create it
+    ns = "h" + secrets.token_hex(3)
+    exp = await asyncio.to_thread(appr_fill.fill, appr_server.url, ns, big=0)
+    done = await asyncio.to_thread(migrate, "--from", appr_server.url, "--package", f"{ns}/webapp",
+                                   "--upstream", registry.url)
+    assert done.returncode == 0, done.stdout + done.stderr
+    m = exp.packages[f"{ns}/webapp"].manifests[("1.1.0", "helm")]
+    host = registry.url.removeprefix("http://")
+    env = {"HOME": str(tmp_path), "HELM_CACHE_HOME": str(tmp_path / "c"), "HELM_CONFIG_HOME": str(tmp_path / "g"),
+           "HELM_DATA_HOME": str(tmp_path / "d"), "PATH": "/usr/bin:/bin"}
+    pulled = await asyncio.to_thread(subprocess.run, [helm, "pull", f"oci://{host}/{ns}/webapp", "--version", "1.1.0",
+                                                      *flags, "-d", str(tmp_path / "out")],
+                                     capture_output=True, text=True, env=env, timeout=60)
+    assert pulled.returncode == 0, pulled.stderr
+    tgz = (tmp_path / "out" / "webapp-1.1.0.tgz").read_bytes()
+    assert hashlib.sha256(tgz).hexdigest() == m.sha256
+
+
+async def test_another_cnr_oci_is_a_source_too(registry, own_registry, make_client, tmp_path):
+    """Source: a cnr-oci over a second registry; its digests are the .tar.gz's own."""
+    source = await make_client(Settings(upstream=own_registry.url, cache_ttl=0))
+    ns = "c" + secrets.token_hex(3)
+    blobs = {("1.0.0", "kpm"): helpers.kpm(), ("1.1.0-rc.1", "kpm"): helpers.kpm(),
+             ("1.0.0", "helm"): helpers.chart("app", "1.0.0"), ("2.0.0+build.1", "helm"): helpers.chart("app", "2.0.0")}
+    for (release, media_type), blob in blobs.items():
+        body = helpers.body(blob, release, media_type, metadata={"r": release})
+        assert (await source.post(f"{API}/{ns}/app", json=body)).status == 200
+    assert (await source.post(f"{API}/{ns}/app/channels/stable/1.0.0")).status == 200
+    url = str(source.make_url("")).rstrip("/")
+    report = tmp_path / "r.json"
+    done = await asyncio.to_thread(migrate, "--from", url, "--package", f"{ns}/app", "--upstream", registry.url,
+                                   "--report", str(report))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {r["source_digest_of"] for r in report_of(report)["releases"]} == {"tar+gzip"}
+    target = await make_client(Settings(upstream=registry.url, cache_ttl=0))
+    for (release, media_type), blob in blobs.items():
+        pulled = await target.get(f"{API}/{ns}/app/{release}/{media_type}/pull")
+        assert pulled.status == 200 and await pulled.read() == blob
+        shown = await (await target.get(f"{API}/{ns}/app/{release}/{media_type}")).json()
+        assert shown["metadata"] == {"r": release}
+    assert await (await target.get(f"{API}/{ns}/app/channels/stable")).json() == {
+        "name": "stable", "current": "1.0.0", "releases": ["1.0.0"]}
+
+
+async def test_a_dry_run_prints_the_plan_and_writes_nothing(appr_server, registry, tmp_path):
+    ns = "d" + secrets.token_hex(3)
+    exp = await asyncio.to_thread(appr_fill.fill, appr_server.url, ns, big=0)
+    report = tmp_path / "plan.json"
+    done = await asyncio.to_thread(migrate, "--from", appr_server.url, "--namespace", ns, "--upstream", registry.url,
+                                   "--dry-run", "--report", str(report))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert report_of(report)["counts"] == {"planned": sum(len(p.manifests) for p in exp.packages.values())}
+    assert "plan from" in done.stdout
+    for name in exp.packages:
+        assert helpers.tags(registry.url, name) == [], name
+
+
+async def test_a_conflict_is_reported_and_overwritten_only_with_force(appr_server, registry, make_client, tmp_path):
+    ns = "f" + secrets.token_hex(3)
+    exp = await asyncio.to_thread(appr_fill.fill, appr_server.url, ns, big=0)
+    target = await make_client(Settings(upstream=registry.url, cache_ttl=0))
+    other = helpers.kpm()
+    assert (await target.post(f"{API}/{ns}/stack", json=helpers.body(other, "0.1.0", "kpm"))).status == 200
+    report = tmp_path / "r.json"
+    done = await asyncio.to_thread(migrate, "--from", appr_server.url, "--package", f"{ns}/stack", "--upstream",
+                                   registry.url, "--report", str(report))
+    assert done.returncode == 1
+    conflicts = [r for r in report_of(report)["releases"] if r["status"] == "conflict"]
+    assert [(r["release"], r["media_type"]) for r in conflicts] == [("0.1.0", "kpm")]
+    assert await (await target.get(f"{API}/{ns}/stack/0.1.0/kpm/pull")).read() == other
+    done = await asyncio.to_thread(migrate, "--from", appr_server.url, "--package", f"{ns}/stack", "--upstream",
+                                   registry.url, "--force", "--report", str(report))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert report_of(report)["counts"].get("overwritten") == 1
+    want = exp.packages[f"{ns}/stack"].manifests[("0.1.0", "kpm")]
+    assert hashlib.sha256(await (await target.get(f"{API}/{ns}/stack/0.1.0/kpm/pull")).read()).hexdigest() == want.sha256
+
+
+def test_usage_errors_exit_2():
+    assert migrate().returncode == 2
+    assert migrate("--from", "ftp://x").returncode == 2
+    assert migrate("--from", "http://127.0.0.1:1", "--package", "noslash").returncode == 2
