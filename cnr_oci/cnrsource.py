@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,7 @@ class CnrSource:
         self.session = session
         self.base = url.rstrip("/") + ("/" + prefix.strip("/") if prefix.strip("/") else "")
         self.headers: dict[str, str] = {}
+        self.on_progress: Callable[[], None] = lambda: None  # called as a large blob arrives
 
     def use_token(self, token: str) -> None:
         """appr's and cnr-oci's tokens go as they are in Authorization; Quay's as "Bearer ..." too."""
@@ -184,6 +186,8 @@ class CnrSource:
                     async for chunk in resp.content.iter_chunked(CHUNK):
                         out.write(chunk)
                         size += len(chunk)
+                        if size > CHUNK:
+                            self.on_progress()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise SourceError(f"GET {path}: {type(exc).__name__}: {exc}") from exc
         return size

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import mmap
+import os
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,6 +22,16 @@ from cnr_oci.store import Store
 from cnr_oci.writepath import Release
 
 log = logging.getLogger(__name__)
+# Fault injection for the kill-and-resume tests: the process SIGKILLs itself at this point
+# ("fetch": mid-download of a blob; "written": after a package's first release is tagged, the rest
+# not; "channels": after every release of a package is tagged, before its channels are written).
+KILL_AT = os.environ.get("CNR_OCI_MIGRATE_KILL_AT", "")
+
+
+def _maybe_die(point: str) -> None:
+    if KILL_AT == point:
+        log.warning("CNR_OCI_MIGRATE_KILL_AT=%s: killing myself", point)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 # What happened to one (release, media type), or one channel.
 COPIED, SAME, OVERWRITTEN = "copied", "exists", "overwritten"
@@ -104,6 +116,7 @@ class Migration:
         self.progress = progress or Progress()
         self._slots = asyncio.Semaphore(jobs)
         self.report = Report(source.base)
+        source.on_progress = lambda: _maybe_die("fetch")
 
     async def run(self, namespaces: list[str], packages: list[str]) -> Report:
         """Every package named, or listed in the namespaces (all, when neither is given)."""
@@ -138,6 +151,8 @@ class Migration:
         ordered = sorted(rels, key=lambda r: (mapping.is_release(r.release), r.release))
         outcomes = await asyncio.gather(*(self._release(pkg, r, tmp) for r in ordered))
         moved = {o.release for o in outcomes if o.status in MOVED | {PLANNED}}
+        if any(o.status == COPIED for o in outcomes):
+            _maybe_die("channels")
         try:
             channels = await self.source.channels(name)
         except SourceError as exc:
@@ -223,6 +238,7 @@ class Migration:
                 back.manifest) != rel.digest:
             raise SourceError("the release read back differs from what was written")
         out.status = OVERWRITTEN if overwrite else COPIED
+        _maybe_die("written")
 
     async def _channel(self, pkg: Package, ch: dict[str, Any], moved: set[str]) -> ChannelOutcome:
         name = str(ch["name"])

@@ -178,3 +178,105 @@ def test_usage_errors_exit_2():
     assert migrate().returncode == 2
     assert migrate("--from", "ftp://x").returncode == 2
     assert migrate("--from", "http://127.0.0.1:1", "--package", "noslash").returncode == 2
+
+
+# -- killed and resumed ---------------------------------------------------------------------------------
+
+
+def expected_tags(pkg: appr_fill.Package) -> set[str]:
+    return {r.replace("+", "_") for r in pkg.releases} | {f"channel-{c}" for c in pkg.channels}
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("point", ["fetch", "written", "channels"])
+async def test_a_migration_killed_at_any_point_completes_exactly_when_run_again(appr_server, registry, target,
+                                                                                tmp_path, point):
+    """SIGKILL during a blob, mid-package (one release tagged, the rest not), and between the tags
+    and the channels; the second run ends with every release once, every channel, nothing extra."""
+    ns = "k" + secrets.token_hex(3)
+    big = 50 * appr_fill.MIB if point == "fetch" else 0
+    exp = await asyncio.to_thread(appr_fill.fill, appr_server.url, ns, big=big, workdir=tmp_path)
+    args = ["--from", appr_server.url, "--namespace", ns, "--upstream", registry.url, "--jobs", "2"]
+    killed = await asyncio.to_thread(migrate, *args, env={"CNR_OCI_MIGRATE_KILL_AT": point})
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    report = tmp_path / "r.json"
+    done = await asyncio.to_thread(migrate, *args, "--report", str(report))
+    assert done.returncode == 0, done.stdout + done.stderr
+    counts = report_of(report)["counts"]
+    assert counts.get("copied", 0) + counts.get("exists", 0) == sum(len(p.manifests) for p in exp.packages.values())
+    assert counts.get("exists", 0) >= 1 or point == "fetch"  # what the killed run finished is not copied again
+    client = await target()
+    await check_migrated(client, exp)
+    for name, pkg in exp.packages.items():
+        assert set(helpers.tags(registry.url, name)) == expected_tags(pkg), name
+        for release in pkg.releases:  # one entry per media type, never two
+            listed = await (await client.get(f"{API}/{name}/{release}")).json()
+            types = [m["mediaType"] for m in listed]
+            assert sorted(types) == sorted(set(types)) and len(types) == len(pkg.media_types(release))
+
+
+# -- bad sources --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def bad_source(aiohttp_server):
+    """A CNR source (in process: no real server can be made to lie about a digest) with one good package,
+    one whose blob does not match its advertised digest, and one whose manifest list answers 500."""
+    from aiohttp import web
+
+    good, bad, served = helpers.kpm("good"), helpers.kpm("bad"), helpers.kpm("other bytes")
+
+    def manifest(pkg: str, blob: bytes) -> dict[str, Any]:
+        return {"package": pkg, "release": "1.0.0", "mediaType": "application/vnd.cnr.package-manifest.kpm.v0.json",
+                "metadata": None, "created_at": "2017-10-18T21:18:31.071062",
+                "content": {"digest": hashlib.sha256(blob).hexdigest(), "size": len(blob), "urls": []}}
+
+    async def packages(request: web.Request) -> web.Response:
+        return web.json_response([{"name": n} for n in ("src/good", "src/bad", "src/err")])
+
+    async def manifests(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name == "err":
+            return web.Response(status=500, text="boom")
+        return web.json_response([manifest(f"src/{name}", good if name == "good" else bad)])
+
+    async def blob(request: web.Request) -> web.Response:
+        return web.Response(body=good if request.match_info["name"] == "good" else served)
+
+    async def channels(request: web.Request) -> web.Response:
+        return web.json_response([])
+
+    app = web.Application()
+    app.router.add_get("/cnr/api/v1/packages", packages)
+    app.router.add_get("/cnr/api/v1/packages/src/{name}", manifests)
+    app.router.add_get("/cnr/api/v1/packages/src/{name}/channels", channels)
+    app.router.add_get("/cnr/api/v1/packages/src/{name}/blobs/sha256/{digest}", blob)
+    server = await aiohttp_server(app)
+    return str(server.make_url("")).rstrip("/"), good
+
+
+async def test_a_bad_source_is_reported_nothing_wrong_is_written_and_the_rest_moves(bad_source, registry, target,
+                                                                                    tmp_path):
+    url, good = bad_source
+    report = tmp_path / "r.json"
+    done = await asyncio.to_thread(migrate, "--from", url, "--upstream", registry.url, "--report", str(report))
+    assert done.returncode == 1, done.stdout + done.stderr
+    doc = report_of(report)
+    status = {r["package"]: r for r in doc["releases"]}
+    assert status["src/good"]["status"] == "copied"
+    assert status["src/bad"]["status"] == "failed" and "do not match the advertised digest" in status["src/bad"]["detail"]
+    assert "src/err" in doc["packages_failed"] and "500" in doc["packages_failed"]["src/err"]
+    assert helpers.tags(registry.url, "src/bad") == [] and helpers.tags(registry.url, "src/err") == []
+    client = await target()
+    assert await (await client.get(f"{API}/src/good/1.0.0/kpm/pull")).read() == good
+    assert "failed" in done.stdout and "src/bad" in done.stdout
+
+
+async def test_an_unreachable_source_exits_1_with_a_report(registry, tmp_path):
+    from cnr_oci.embedded import free_port
+
+    report = tmp_path / "r.json"
+    done = await asyncio.to_thread(migrate, "--from", f"http://127.0.0.1:{free_port()}", "--upstream", registry.url,
+                                   "--report", str(report))
+    assert done.returncode == 1
+    assert "*/*" in report_of(report)["packages_failed"]
