@@ -63,4 +63,7 @@ async def read_body(request: web.Request, limit: int, *, min_rate: float = BODY_
 def _drop_connection(request: web.Request) -> None:
     """After the response, close instead of lingering on the unread rest of a slow body."""
     request.protocol.close()  # no keep-alive, ignore further bytes
-    request.content.feed_eof()  # nothing left to linger for
+    request.content.feed_eof()  # nothing left to read
+    linger = getattr(request.protocol, "linger_on_close", None)  # server.LimitedHandler's
+    if linger is not None:
+        linger()

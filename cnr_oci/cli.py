@@ -251,7 +251,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     from cnr_oci import server
     from cnr_oci.app import create_app
     from cnr_oci.auth import SecretError
-    from cnr_oci.embedded import RegistryNotInstalled
+    from cnr_oci.embedded import RegistryNotInstalled, RegistryStartFailed
 
     refusal = open_registry_refusal(settings)
     if refusal:
@@ -272,7 +272,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         server.run(create_app(settings), host=settings.host, port=settings.port, ssl_context=listener,
                    limits=limits, announce=lambda msg: logging.getLogger("cnr_oci").info("%s", msg.strip()))
-    except (RegistryNotInstalled, SecretError) as exc:
+    except (RegistryNotInstalled, RegistryStartFailed, SecretError) as exc:
         return _fail(str(exc))
     except OSError as exc:  # the port is taken, the address is not ours, the data dir is not writable
         return _fail(f"cannot serve on {settings.host}:{settings.port}: {exc}")

@@ -66,6 +66,10 @@ class RegistryNotInstalled(CnrOciError):
     pass
 
 
+class RegistryStartFailed(CnrOciError):
+    """docker-registry exited, or did not answer, at start; the message ends with its log's last lines."""
+
+
 class UserError(CnrOciError):
     """A user name or password the htpasswd file cannot take."""
 
@@ -167,7 +171,8 @@ class EmbeddedRegistry:
         self.port = port or free_port()
         self.delete_enabled = delete_enabled
         self.extra_config = extra_config
-        self.log_path = log_path
+        # warn level, no access log: only what goes wrong, kept for the operator (and for a failed start).
+        self.log_path = log_path or str(Path(data_dir) / "registry.log")
         self.tls = tls  # extra_config carries http.tls; readiness is checked without verification
         self.htpasswd = Path(htpasswd) if htpasswd is not None else None  # Basic auth from this file
         self.proc: subprocess.Popen[bytes] | None = None
@@ -207,7 +212,8 @@ class EmbeddedRegistry:
         deadline = time.monotonic() + timeout
         while True:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"docker-registry exited with code {self.proc.returncode}")
+                raise RegistryStartFailed(f"docker-registry exited with code {self.proc.returncode}"
+                                          + self._log_tail())
             try:
                 ctx = ssl._create_unverified_context() if self.tls else None
                 with urllib.request.urlopen(self.url + "/v2/", timeout=1, context=ctx):
@@ -219,8 +225,18 @@ class EmbeddedRegistry:
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"docker-registry did not answer on {self.url}/v2/ in {timeout}s")
+                raise RegistryStartFailed(f"docker-registry did not answer on {self.url}/v2/ in {timeout}s"
+                                          + self._log_tail())
             time.sleep(0.05)
+
+    def _log_tail(self, lines: int = 5) -> str:
+        try:
+            tail = Path(self.log_path).read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return ""
+        if not tail:
+            return f" (its log, {self.log_path}, is empty)"
+        return f"; the last lines of {self.log_path}:\n" + "\n".join(tail)
 
     def restart(self) -> None:
         """Stop and start again on the same port, with the current settings."""

@@ -18,7 +18,7 @@ import aiohttp
 from cnr_oci.app import open_backend
 from cnr_oci.auth import IDENTITY
 from cnr_oci.cnrsource import CnrSource, SourceError
-from cnr_oci.embedded import EmbeddedRegistry, RegistryNotInstalled, has_users, htpasswd_path
+from cnr_oci.embedded import EmbeddedRegistry, RegistryNotInstalled, RegistryStartFailed, has_users, htpasswd_path
 from cnr_oci.metrics import Metrics
 from cnr_oci.migrate import Migration, Outcome, Progress, Report
 from cnr_oci.settings import Settings
@@ -172,7 +172,7 @@ def main(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
     except SourceError as exc:  # the login to the source failed
         print(f"cnr-oci migrate: {exc}", file=sys.stderr)
         return 1
-    except (RegistryNotInstalled, RegistryError) as exc:  # the target registry
+    except (RegistryNotInstalled, RegistryStartFailed, RegistryError) as exc:  # the target registry
         print(f"cnr-oci migrate: the target registry: {exc}", file=sys.stderr)
         return 1
     print(_summary(report, args.dry_run))

@@ -45,6 +45,9 @@ MAX_CONNECTIONS = 1000
 # A client's request head (line + headers) arrives in one or two packets; 10 s is generous
 # for a slow link and caps what a slowloris can hold. Also the TLS handshake deadline.
 HEADER_TIMEOUT = 10.0
+# Seconds a connection whose request body was refused half-way stays open, dropping input, after the
+# answer: so that the client can read the answer before the close.
+LINGER = 2.0
 # Idle keep-alive stays aiohttp's run_app default: longer than the 60 s idle timeout of
 # common proxies/load balancers in front (nginx, AWS ALB), so they never reuse a connection
 # we are closing. Idle connections are cheap, and the first to go when the cap is reached.
@@ -86,6 +89,7 @@ class LimitedHandler(web.RequestHandler):
         self._owner = manager
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        self._discarding = False  # lingering after a refused body: what arrives is dropped
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         server = self._owner
@@ -107,7 +111,7 @@ class LimitedHandler(web.RequestHandler):
             super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        if self._refused or self._discarding:
             return
         heads = self._request_count
         super().data_received(data)
@@ -115,6 +119,34 @@ class LimitedHandler(web.RequestHandler):
             self._cancel_head_timer()  # a head is complete
         elif data and self.waiting_for_head():
             self._arm_head_timer()  # the first bytes of the next head start its clock
+
+    def linger_on_close(self, seconds: float = LINGER) -> None:
+        """When the response to a body we stopped reading (a 408) is done, send FIN and drop what
+        still arrives for ``seconds`` before closing: closing with unread bytes makes the kernel
+        send a reset, which can destroy the response before the client reads it (nginx's
+        lingering_close). Bounded: the connection is closed after ``seconds`` whatever arrives."""
+        found = self.transport
+        if found is None or not found.can_write_eof():  # TLS cannot half-close: close at once, as before
+            return
+        real: asyncio.Transport = found
+        handler = self
+
+        class Lingering:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            def close(self) -> None:
+                if real.is_closing():
+                    return
+                handler._discarding = True
+                try:
+                    real.write_eof()  # after the response's bytes: the client reads them, then EOF
+                except (OSError, RuntimeError):
+                    real.close()
+                    return
+                asyncio.get_running_loop().call_later(seconds, real.close)
+
+        self.transport = Lingering()  # type: ignore[assignment]
 
     def waiting_for_head(self) -> bool:
         """Between requests: no request is being handled and none is queued."""

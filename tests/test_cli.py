@@ -127,6 +127,19 @@ def test_serve_with_missing_binary_says_how_to_install(tmp_path, monkeypatch):
     assert "apt-get install -y docker-registry" in proc.stderr
 
 
+def test_a_registry_that_fails_to_start_exits_2_with_its_log(tmp_path):
+    fake = tmp_path / "bin" / "docker-registry"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'panic: storage driver says no' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "cnr_oci", "serve", "--port", str(free_port()),
+                           "--data-dir", str(tmp_path / "data")], capture_output=True, text=True, env=env, timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    assert "exited with code 3" in proc.stderr and "storage driver says no" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_serve_with_tls_on_the_listener(tmp_path, registry):
     import ssl
 
