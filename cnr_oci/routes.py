@@ -294,6 +294,8 @@ def setup_routes(app: web.Application) -> None:
     """The CNR API under /cnr (a sub-application) and at the root (aiohttp takes no sub-app at /)."""
     cnr = web.Application()
     add_cnr_routes(cnr)
-    app.router.add_get("/cnr", index)
+    # /cnr itself belongs to the sub-app too: the sub-app answers every path under its prefix, so a
+    # POST /cnr beside a main-app GET /cnr would get the sub-app's 404 instead of 405.
+    cnr.router.add_get("", index)
     app.add_subapp("/cnr", cnr)
     add_cnr_routes(app)

@@ -1,0 +1,101 @@
+"""Answers the issue-10 refactor changed, pinned to what the code before it answered (b3e6fb7).
+
+Found by tests/test_differential.py; these run without the old tree.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+
+from cnr_oci.settings import Settings
+from tests import helpers
+from tests.conftest import start_registry
+from tests.helpers import body, kpm, sha, unique
+
+API = "/cnr/api/v1/packages"
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "PATCH"])
+async def test_a_wrong_method_on_cnr_itself_is_405_allowing_get_and_head(client, method):
+    resp = await client.request(method, "/cnr")
+    data = await resp.json()
+    assert resp.status == 405 and data["code"] == "invalid-usage", data
+    assert set(resp.headers["Allow"].split(",")) == {"GET", "HEAD"}
+
+
+async def test_cnr_itself_and_with_a_slash_still_serve_the_index(client):
+    for path in ("/cnr", "/cnr/", "/"):
+        resp = await client.get(path)
+        assert resp.status == 200 and resp.content_type == "text/html", path
+        assert (await client.head(path)).status == 200
+    metrics = await (await client.get("/metrics")).text()
+    assert 'route="/cnr"' in metrics and 'route="/cnr/"' in metrics
+
+
+async def test_an_unknown_blob_is_package_not_found_naming_the_digest(client):
+    ns, name = unique()
+    assert (await client.post(f"{API}/{ns}/{name}", json=body(kpm()))).status == 200
+    digest = "b" * 64
+    for suffix in ("", "/json"):
+        resp = await client.get(f"{API}/{ns}/{name}/blobs/sha256/{digest}{suffix}")
+        data = await resp.json()
+        assert resp.status == 404 and data["code"] == "package-not-found"
+        assert data["message"] == f"blob sha256:{digest} not found in {ns}/{name}"
+        assert data["details"] == {"package": f"{ns}/{name}", "release": f"sha256:{digest}", "media_type": None}
+
+
+async def test_a_pull_whose_blob_is_gone_names_the_blob_not_the_query(client, registry):
+    ns, name = unique()
+    blob = kpm(extra=b"gone")
+    assert (await client.post(f"{API}/{ns}/{name}", json=body(blob))).status == 200
+    req = urllib.request.Request(f"{registry.url}/v2/{ns}/{name}/blobs/sha256:{sha(blob)}", method="DELETE")
+    urllib.request.urlopen(req).close()
+    resp = await client.get(f"{API}/{ns}/{name}/1.0.0/kpm/pull")
+    data = await resp.json()
+    assert resp.status == 404 and data["code"] == "package-not-found"
+    assert data["message"] == f"blob sha256:{sha(blob)} not found in {ns}/{name}"
+    assert data["details"] == {"package": f"{ns}/{name}", "release": f"sha256:{sha(blob)}", "media_type": None}
+
+
+@pytest.fixture(scope="module")
+def no_delete_registry(tmp_path_factory):
+    reg = start_registry(tmp_path_factory.mktemp("nodelete"), delete_enabled=False)
+    yield reg
+    reg.stop()
+
+
+async def test_refused_deletes_name_the_release_or_the_channel_they_tried(make_client, no_delete_registry):
+    client = await make_client(Settings(upstream=no_delete_registry.url))
+    ns, name = unique()
+    pkg = f"{ns}/{name}"
+    assert (await client.post(f"{API}/{pkg}", json=body(kpm()))).status == 200
+    assert (await client.post(f"{API}/{pkg}/channels/stable/1.0.0")).status == 200
+    for path, details in (
+        ("/1.0.0/kpm", {"package": pkg, "release": "1.0.0"}),
+        ("/channels/stable/1.0.0", {"package": pkg, "channel": "stable"}),  # the last one: the channel goes
+        ("/channels/stable", {"package": pkg, "channel": "stable"}),
+    ):
+        resp = await client.delete(f"{API}/{pkg}{path}")
+        data = await resp.json()
+        assert resp.status == 501 and data["code"] == "unsupported", data
+        assert data["message"] == "the registry refuses deletion (405 UNSUPPORTED); nothing was deleted"
+        assert data["details"] == details, path
+
+
+async def test_a_stored_config_that_is_no_json_is_502_without_a_registry_prefix(client, registry):
+    from cnr_oci import layout
+
+    ns, name = unique()
+    repo = f"{ns}/{name}"
+    helpers.put_blob(registry.url, repo, b"not json")
+    helpers.put_blob(registry.url, repo, kpm())
+    helpers.put_manifest(registry.url, repo, "1.0.0", {
+        "schemaVersion": 2, "mediaType": layout.OCI_MANIFEST,
+        "config": helpers.descriptor(layout.CNR_CONFIG, b"not json"),
+        "layers": [helpers.descriptor(layout.layer_media_type("kpm"), kpm())]})
+    resp = await client.get(f"{API}/{repo}/1.0.0/kpm")
+    data = await resp.json()
+    assert resp.status == 502 and data["code"] == "upstream-unavailable"
+    assert data["message"].startswith(f"config {repo}@sha256:"), data["message"]
