@@ -308,5 +308,14 @@ class ReadModel:
         return Details(metadata, created)
 
     async def open_blob(self, pkg: Package, digest: str) -> blobs.BlobStream:
-        """A verified stream of one blob of the package."""
-        return await self.client.open_blob(self.repo(pkg), digest)
+        """A verified stream of one blob of the package.
+
+        Raises:
+            PackageNotFound: the registry has no such blob in the package; the blob is named.
+        """
+        try:
+            return await self.client.open_blob(self.repo(pkg), digest)
+        except upstream.NotFound as exc:
+            raise errors.PackageNotFound(
+                f"blob {digest} not found in {pkg.full}", {"package": pkg.full, "release": digest, "media_type": None}
+            ) from exc
