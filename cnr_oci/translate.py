@@ -58,6 +58,10 @@ def _details(
         return {"scopes": ["catalog"]}
     if isinstance(exc, upstream.Denied):
         return {"package": package, "scopes": exc.scopes}
+    if rule.handlers is DELETES:
+        # What was refused: the channel's manifest on the channel routes, else the release's.
+        key = "channel" if "channel" in params else "release"
+        return {"package": package, key: params.get(key)}
     if rule.handlers is None:
         return {}
     details: dict[str, object] = {"package": package}
