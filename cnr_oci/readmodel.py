@@ -68,15 +68,15 @@ def parse_stored(raw: bytes, schema: str, where: str) -> dict[str, Any]:
     """A config blob read back from the registry, checked against its schema.
 
     Raises:
-        InvalidResponse: it is not JSON, nests too deep, or does not match its schema.
+        InvalidDocument: it is not JSON, nests too deep, or does not match its schema.
     """
     try:
         doc = safejson.load_json(raw, "config")
     except errors.CnrError as exc:
-        raise upstream.InvalidResponse(f"config {where}: {exc.message}") from exc
+        raise upstream.InvalidDocument(f"config {where}: {exc.message}") from exc
     problem = schemas.first_error(schema, doc)
     if problem:
-        raise upstream.InvalidResponse(
+        raise upstream.InvalidDocument(
             f"stored document at {where} does not match schema {schema}: {problem[0] or '(root)'}: {problem[1]}"
         )
     return doc  # type: ignore[no-any-return]

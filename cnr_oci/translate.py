@@ -36,6 +36,7 @@ RULES: list[Rule] = [
     Rule(upstream.TooLarge, None, errors.PayloadTooLarge, "registry: {exc}"),
     Rule(upstream.TooManyRequests, None, errors.UpstreamUnavailable, "registry: {exc}"),
     Rule(upstream.RegistryUnavailable, None, errors.UpstreamUnavailable, "registry: {exc}"),
+    Rule(upstream.InvalidDocument, None, errors.UpstreamInvalid, "{exc}"),
     Rule(upstream.InvalidResponse, None, errors.UpstreamInvalid, "registry: {exc}"),
     Rule(upstream.RegistryError, None, errors.UpstreamInvalid, "registry: {exc}"),
 ]
