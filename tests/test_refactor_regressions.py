@@ -99,3 +99,21 @@ async def test_a_stored_config_that_is_no_json_is_502_without_a_registry_prefix(
     data = await resp.json()
     assert resp.status == 502 and data["code"] == "upstream-unavailable"
     assert data["message"].startswith(f"config {repo}@sha256:"), data["message"]
+
+
+def test_the_manifest_and_config_caches_hold_at_most_8192_entries_however_small():
+    """Before the split the LRUs held 8192 entries and 32 MiB; weighed by raw bytes alone, ~50 000
+    small manifests (3.5 KiB each once parsed) or ~500 000 small configs would fit."""
+    import json
+
+    from cnr_oci import layout, readmodel
+
+    read = readmodel.ReadModel(client=None)  # type: ignore[arg-type]  # no registry call is made
+    for i in range(10_000):
+        raw = json.dumps({"schemaVersion": 2, "n": i}).encode()
+        readmodel._keep(read._manifests, f"sha256:{i}", layout.Manifest(f"sha256:{i}", None, raw, json.loads(raw)))
+        readmodel._keep(read._configs, f"sha256:{i}", ({"n": i}, len(raw)))
+    assert len(read._manifests) <= 8192 and len(read._configs) <= 8192
+    big = b"x" * (5 * 1024 * 1024)
+    readmodel._keep(read._configs, "sha256:big", ({}, len(big)))
+    assert "sha256:big" in read._configs  # large entries still count by their bytes
