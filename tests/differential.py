@@ -139,7 +139,7 @@ class Normaliser:
 
     def __init__(self, server: Server, known_digests: set[str]) -> None:
         self.hosts = [(server.host, "<server>"), (server.registry.host, "<registry>"),
-                      (f"localhost:{server.port}", "<server>")]
+                      (f"localhost:{server.port}", "<server>"), (f"'127.0.0.1', {server.registry.port}", "<registry>")]
         self.known = known_digests
 
     def text(self, s: str) -> str:
@@ -221,6 +221,7 @@ class Pair:
         self.known = known_digests
         self.diffs: list[str] = []
         self.count = 0
+        self.statuses: dict[int, int] = {}  # new's answers by status, to see what a run covered
 
     def run(self, step: Step) -> tuple[Answer, Answer]:
         self.count += 1
@@ -230,6 +231,7 @@ class Pair:
         b = call(self.new, step.method, step.path, step.body, {**step.headers, **split[1]})
         if os.environ.get("DIFF_SLOW") and time.monotonic() - t0 > float(os.environ["DIFF_SLOW"]):
             print(f"slow {time.monotonic() - t0:.2f}s {step.method} {step.path} {step.note}")
+        self.statuses[b.status] = self.statuses.get(b.status, 0) + 1
         old, new = Normaliser(self.old, self.known).answer(a), Normaliser(self.new, self.known).answer(b)
         if step.loose:
             for doc in (old, new):
