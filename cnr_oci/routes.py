@@ -188,8 +188,9 @@ async def list_manifests(request: web.Request) -> web.Response:
 
 
 async def release_manifests(request: web.Request) -> web.Response:
+    pkg = _package(request)  # the name is checked first, as on every route
     release = mapping.check_release(request.match_info["release"])
-    return _json_bytes(await _manifests_json(request, _package(request), None, release))
+    return _json_bytes(await _manifests_json(request, pkg, None, release))
 
 
 async def show(request: web.Request) -> web.Response:

@@ -170,3 +170,10 @@ async def test_a_channel_rewrite_refused_on_e17_is_a_plain_501(make_client, own_
     data = await resp.json()
     assert resp.status == 501 and data["code"] == "unsupported"
     assert data["message"].startswith("registry: PUT ") and data["details"] == {}
+
+
+async def test_e9_checks_the_package_name_before_the_release(client):
+    """A bad name and a bad release: the name is reported (400), as on every other route."""
+    resp = await client.get(f"{API}/Bad/App/v1")
+    data = await resp.json()
+    assert resp.status == 400 and data["code"] == "invalid-usage" and data["details"] == {"package": "Bad/App"}
