@@ -150,6 +150,67 @@ def test_static_and_odd_paths(pair: Pair) -> None:
     check(pair)
 
 
+FUZZ_PIECES = ["", "cnr", "api", "v1", "packages", "search", "users", "login", "z" + RUN, "app", "1.0.0", "2.0.0",
+               "kpm", "helm", "-", "pull", "json", "blobs", "sha256", sha(BLOBS["kpm"]), "channels", "stable",
+               "%2F", "%2E%2E", "..", ".", ".well-known", "app-registry-uri.json", "version", "healthz", "metrics",
+               "readyz", "%63nr", "CNR", "cnrx", "default", ">=1.0.0", "x" * 70]
+FUZZ_QUERIES = ["", "?format=json", "?media_type=kpm", "?media_type=x%2F", "?limit=1", "?offset=1&limit=0", "?q=z",
+                "?namespace=z" + RUN, "?force=true", "?%ZZ"]
+
+
+FUZZ_VALUES = {
+    "ns": ["z" + RUN, "Z" + RUN, "z" + RUN + "%2Fx", "%2E%2E", "-a", "n%C3%A9", ""],
+    "name": ["app", "missing", "App", "a" * 300, "app.", "%61pp"],
+    "release": ["1.0.0", "2.0.0", "1.0", "default", "%3E%3D1.0.0", "1.0.0-rc.1", "v1", "latest", "sha256:" + "a" * 64],
+    "media_type": ["kpm", "helm", "-", "Kpm", "..%2Fx", "x" * 70, "docker-compose"],
+    "channel": ["stable", "nope", "Bad", "a%20b", "c" * 200],
+    "digest": [sha(BLOBS["kpm"]), "b" * 64, "A" * 64, "xyz"],
+    "json": ["", "/json", "/json/", "/xml"],
+}
+
+
+def test_random_paths_and_methods(pair: Pair) -> None:
+    """Route paths with odd values, then a segment dropped, doubled or added, each method: a fixed set
+    (derandomized)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    pair.run(push(f"/cnr/api/v1/packages/z{RUN}/app", BLOBS["kpm"]))
+    pair.run(Step("POST", f"/cnr/api/v1/packages/z{RUN}/app/channels/stable/1.0.0"))
+
+    @st.composite
+    def paths(draw: st.DrawFn) -> str:
+        _, template, _ = draw(st.sampled_from(ROUTES))
+        path = draw(st.sampled_from(MOUNTS)) + template
+        for key, values in FUZZ_VALUES.items():
+            pattern = "{json:(/json)?}" if key == "json" else "{" + key + "}"
+            path = path.replace(pattern, draw(st.sampled_from(values)))
+        parts = path.split("/")
+        edit = draw(st.sampled_from(["none", "drop", "double", "insert", "slash"]))
+        at = draw(st.integers(1, max(1, len(parts) - 1)))
+        if edit == "drop" and len(parts) > 2:
+            del parts[at]
+        elif edit == "double":
+            parts.insert(at, parts[min(at, len(parts) - 1)])
+        elif edit == "insert":
+            parts.insert(at, draw(st.sampled_from(FUZZ_PIECES)))
+        elif edit == "slash":
+            parts.insert(at, "")
+        return "/".join(parts) + draw(st.sampled_from(["", "/"])) + draw(st.sampled_from(FUZZ_QUERIES))
+
+    # DIFF_FUZZ_EXAMPLES=5000 explores more, at random, for a run by hand.
+    wide = os.environ.get("DIFF_FUZZ_EXAMPLES")
+
+    @settings(max_examples=int(wide or 500), derandomize=not wide, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(["GET", "GET", "GET", "HEAD", "POST", "DELETE", "PUT", "OPTIONS"]), paths())
+    def run(method: str, path: str) -> None:
+        pair.run(Step(method, path))
+
+    run()
+    check(pair)
+
+
 # -- pushes, reads, queries -----------------------------------------------------------------------------
 
 
@@ -460,7 +521,8 @@ def _broken_channel(server: Server, package: str) -> None:
     helpers.put_blob(url, repo, config)
     helpers.put_blob(url, repo, b"{}")
     helpers.put_manifest(url, repo, "channel-bad", {
-        "schemaVersion": 2, "mediaType": layout.OCI_MANIFEST, "config": helpers.descriptor(layout.CHANNEL_CONFIG, config),
+        "schemaVersion": 2, "mediaType": layout.OCI_MANIFEST,
+        "config": helpers.descriptor(layout.CHANNEL_CONFIG, config),
         "layers": [helpers.descriptor(layout.EMPTY_MEDIA_TYPE, b"{}")]})
 
 
@@ -473,7 +535,8 @@ def test_foreign_and_broken_content(pair: Pair) -> None:
         _foreign(server, package)
     pair.run(push(pkg, BLOBS["kpm"], "5.3.0", "kpm"))  # next to an image: an index
     # Several releases are broken: which one a listing names depends on which read fails first.
-    steps = [Step("GET", pkg, loose=True), Step("GET", pkg + "?media_type=helm"), Step("GET", f"/cnr/api/v1/packages?namespace=f{RUN}"),
+    steps = [Step("GET", pkg, loose=True), Step("GET", pkg + "?media_type=helm"),
+             Step("GET", f"/cnr/api/v1/packages?namespace=f{RUN}"),
              Step("GET", "/cnr/api/v1/packages/search?q=" + f"f{RUN}"), Step("GET", pkg + "/channels"),
              Step("GET", pkg + "/channels/bad")]
     for r in ("1.0.0", "5.0.0", "5.1.0", "5.2.0", "5.3.0", "5.4.0", "5.5.0", "not-semver"):
@@ -570,7 +633,14 @@ def test_token_registry_rights(tokenpair: Pair) -> None:
         for q in ("", f"?namespace=a{RUN}", f"?query={RUN}"):
             tokenpair.run(Step("GET", api + q, headers=headers, note=who))
         tokenpair.run(Step("GET", f"{api}/search?q={RUN}", headers=headers, note=who))
+    # What each identity is told, beyond "the same as before": a few answers pinned.
+    _, listed = tokenpair.run(Step("GET", api, headers=identities["nocat"]))
+    assert listed.status == 403 and json.loads(listed.body)["details"] == {"scopes": ["catalog"]}
+    _, listed = tokenpair.run(Step("GET", f"{api}/search?q={RUN}", headers=identities["alice"]))
+    assert json.loads(listed.body) == [a, b]
     alice = identities["alice"]
+    _, refused = tokenpair.run(Step("DELETE", f"{api}/{a}/1.0.0/kpm", headers=alice))
+    assert refused.status == 403 and json.loads(refused.body)["details"] == {"package": a, "scopes": ["delete"]}
     for who, headers in (("alice", alice), ("carol", identities["carol"]), ("anonymous", {})):
         for repo in (a, b):
             tokenpair.run(Step.json("POST", f"{api}/{repo}", {"blob": b64(BLOBS["kpm2"]), "release": "2.0.0",
@@ -601,7 +671,10 @@ def htpair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     root = tmp_path_factory.mktemp("diff-ht")
     lines = [f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=4)).decode()}" for u, p in HT_USERS.items()]
     (root / "htpasswd").write_text("\n".join(lines) + "\n")
-    yield from _pair(root, "ht", extra_config=f"auth:\n  htpasswd:\n    realm: test\n    path: {root / 'htpasswd'}\n")
+    # bob is also cnr-oci's own (service) user, standing in for callers without credentials on reads.
+    auth = f"auth:\n  htpasswd:\n    realm: test\n    path: {root / 'htpasswd'}\n"
+    yield from _pair(root, "ht", "--registry-username", "bob", "--registry-password", HT_USERS["bob"],
+                     "--anonymous-read", extra_config=auth)
 
 
 def test_a_write_by_one_identity_is_seen_at_once_by_another_on_every_route(htpair: Pair) -> None:
@@ -614,8 +687,8 @@ def test_a_write_by_one_identity_is_seen_at_once_by_another_on_every_route(htpai
         out = []
         for path in (f"/cnr/api/v1/packages?namespace={ns}", f"/api/v1/packages/search?q={ns}", cnr, cnr + "/1.1.0",
                      cnr + "/1.1.0/kpm", cnr + "/default/kpm/pull", cnr + "/channels", cnr + "/channels/stable",
-                     cnr + "/1.0.0/kpm", root + "/latest/kpm/pull/json"):
-            a, b = htpair.run(Step("GET", path, headers=alice, note=note))
+                     cnr + "/1.0.0/kpm", root + "/default/kpm/pull/json"):
+            _, b = htpair.run(Step("GET", path, headers=alice, note=note))
             out.append((b.status, b.body))
         return out
 
@@ -642,6 +715,8 @@ def test_a_write_by_one_identity_is_seen_at_once_by_another_on_every_route(htpai
     _, found = htpair.run(Step("GET", f"/api/v1/packages/search?q={ns}", headers=alice))
     assert json.loads(found.body) == [f"{ns}/app", f"{ns}/app2"]
     for who in (alice, bob, {}, basic("alice", "wrong"), basic("nobody", "x")):
+        htpair.run(Step("GET", cnr + "/1.0.0/kpm/pull", headers=who))
+        htpair.run(Step("GET", f"/api/v1/packages/search?q={ns}", headers=who))
         htpair.run(Step("GET", cnr, headers=who))
         htpair.run(Step("GET", "/cnr/api/v1/packages", headers=who))
         htpair.run(push(cnr, BLOBS["kpm"], "3.0.0", headers=who))
