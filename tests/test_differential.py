@@ -557,6 +557,7 @@ def test_foreign_and_broken_content(pair: Pair) -> None:
     pair.run_all(steps)
     for server in (pair.old, pair.new):
         _broken_channel(server, package)
+    pair.run(push(pkg, BLOBS["kpm2"], "9.0.0"))  # a write through cnr-oci: no cached read predates channel-bad
     pair.run_all([
         Step("GET", pkg + "/channels"), Step("GET", pkg + "/channels/bad"), Step("GET", pkg + "/1.1.0/kpm"),
         Step("DELETE", pkg + "/1.1.0/kpm"),  # the channels are read after the delete: channel-bad is broken
