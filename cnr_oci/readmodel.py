@@ -20,8 +20,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # Requests to the registry one listing may have in flight at once.
 DEFAULT_FANOUT = 16
-# Raw bytes of manifests, and of configs, kept parsed in memory (each cache).
+# Raw bytes of manifests, and of configs, kept parsed in memory (each cache), and at most this many
+# entries: parsed, a manifest of 600 bytes takes 3.5 KiB, so bytes alone would let ~50 000 in.
 CACHE_BYTES = 32 * 1024 * 1024
+CACHE_ENTRIES = 8192
 # Tag lists, tag digests and catalogs kept (each cache), for --cache-ttl.
 TTL_ENTRIES = 100_000
 # Configs larger than this are parsed and schema-checked in a worker thread.
@@ -68,18 +70,23 @@ def parse_stored(raw: bytes, schema: str, where: str) -> dict[str, Any]:
     """A config blob read back from the registry, checked against its schema.
 
     Raises:
-        InvalidResponse: it is not JSON, nests too deep, or does not match its schema.
+        InvalidDocument: it is not JSON, nests too deep, or does not match its schema.
     """
     try:
         doc = safejson.load_json(raw, "config")
     except errors.CnrError as exc:
-        raise upstream.InvalidResponse(f"config {where}: {exc.message}") from exc
+        raise upstream.InvalidDocument(f"config {where}: {exc.message}") from exc
     problem = schemas.first_error(schema, doc)
     if problem:
-        raise upstream.InvalidResponse(
+        raise upstream.InvalidDocument(
             f"stored document at {where} does not match schema {schema}: {problem[0] or '(root)'}: {problem[1]}"
         )
     return doc  # type: ignore[no-any-return]
+
+
+def _weight(raw_size: int) -> int:
+    """An entry's weight in a byte-bounded LRU: its raw size, but at least 1/CACHE_ENTRIES of the cache."""
+    return max(raw_size, CACHE_BYTES // CACHE_ENTRIES)
 
 
 def _keep(cache: LRUCache[str, Any], key: str, value: Any) -> None:
@@ -105,8 +112,9 @@ class ReadModel:
         self._tags: TTLCache[tuple[str, str], list[str]] = TTLCache(TTL_ENTRIES, ttl)
         self._tag_digest: TTLCache[tuple[str, str, str], str] = TTLCache(TTL_ENTRIES, ttl)
         # Weighed by raw bytes: one manifest or config may be 4 MiB (and parse to several times that).
-        self._manifests: LRUCache[str, Manifest] = LRUCache(CACHE_BYTES, getsizeof=lambda m: len(m.raw))
-        self._configs: LRUCache[str, tuple[dict[str, Any], int]] = LRUCache(CACHE_BYTES, getsizeof=lambda c: c[1])
+        self._manifests: LRUCache[str, Manifest] = LRUCache(CACHE_BYTES, getsizeof=lambda m: _weight(len(m.raw)))
+        self._configs: LRUCache[str, tuple[dict[str, Any], int]] = LRUCache(CACHE_BYTES,
+                                                                            getsizeof=lambda c: _weight(c[1]))
         # The releases of a cached tag list, sorted: (that tag list, its releases), per identity.
         self._sorted: TTLCache[tuple[str, str], tuple[list[str], list[str]]] = TTLCache(TTL_ENTRIES, ttl)
         self._fanout = asyncio.Semaphore(fanout or DEFAULT_FANOUT)
@@ -313,14 +321,17 @@ class ReadModel:
         that release's blob is streamed instead.
 
         Raises:
-            NotFound: neither the registry nor a migrated release knows the digest.
+            PackageNotFound: neither the registry nor a migrated release knows the digest; it is named.
         """
         try:
             return await self.client.open_blob(self.repo(pkg), digest)
-        except upstream.NotFound:
+        except upstream.NotFound as exc:
             migrated = await self._by_source_digest(pkg, digest)
             if migrated is None:
-                raise
+                raise errors.PackageNotFound(
+                    f"blob {digest} not found in {pkg.full}",
+                    {"package": pkg.full, "release": digest, "media_type": None},
+                ) from exc
         return await self.client.open_blob(self.repo(pkg), str(migrated.layer["digest"]))
 
     async def _by_source_digest(self, pkg: Package, digest: str) -> Entry | None:

@@ -188,8 +188,9 @@ async def list_manifests(request: web.Request) -> web.Response:
 
 
 async def release_manifests(request: web.Request) -> web.Response:
+    pkg = _package(request)  # the name is checked first, as on every route
     release = mapping.check_release(request.match_info["release"])
-    return _json_bytes(await _manifests_json(request, _package(request), None, release))
+    return _json_bytes(await _manifests_json(request, pkg, None, release))
 
 
 async def show(request: web.Request) -> web.Response:
@@ -294,6 +295,8 @@ def setup_routes(app: web.Application) -> None:
     """The CNR API under /cnr (a sub-application) and at the root (aiohttp takes no sub-app at /)."""
     cnr = web.Application()
     add_cnr_routes(cnr)
-    app.router.add_get("/cnr", index)
+    # /cnr itself belongs to the sub-app too: the sub-app answers every path under its prefix, so a
+    # POST /cnr beside a main-app GET /cnr would get the sub-app's 404 instead of 405.
+    cnr.router.add_get("", index)
     app.add_subapp("/cnr", cnr)
     add_cnr_routes(app)

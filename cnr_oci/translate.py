@@ -36,6 +36,7 @@ RULES: list[Rule] = [
     Rule(upstream.TooLarge, None, errors.PayloadTooLarge, "registry: {exc}"),
     Rule(upstream.TooManyRequests, None, errors.UpstreamUnavailable, "registry: {exc}"),
     Rule(upstream.RegistryUnavailable, None, errors.UpstreamUnavailable, "registry: {exc}"),
+    Rule(upstream.InvalidDocument, None, errors.UpstreamInvalid, "{exc}"),
     Rule(upstream.InvalidResponse, None, errors.UpstreamInvalid, "registry: {exc}"),
     Rule(upstream.RegistryError, None, errors.UpstreamInvalid, "registry: {exc}"),
 ]
@@ -58,6 +59,10 @@ def _details(
         return {"scopes": ["catalog"]}
     if isinstance(exc, upstream.Denied):
         return {"package": package, "scopes": exc.scopes}
+    if rule.handlers is DELETES:
+        # What was refused: the channel's manifest on the channel routes, else the release's.
+        key = "channel" if "channel" in params else "release"
+        return {"package": package, key: params.get(key)}
     if rule.handlers is None:
         return {}
     details: dict[str, object] = {"package": package}

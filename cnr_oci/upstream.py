@@ -90,6 +90,11 @@ class DigestMismatch(InvalidResponse):
     pass
 
 
+class InvalidDocument(InvalidResponse):
+    """A document the registry holds (a config, a channel, a manifest an index names) that cnr-oci
+    cannot read: another tool wrote or removed it. The message names it."""
+
+
 class ResponseTooLarge(InvalidResponse):
     """The registry answered more than the cap for what was asked (not retried)."""
 

@@ -215,7 +215,7 @@ class WritePath:
             digest = children[0]["digest"]
             m = (known or {}).get(digest) or await self.read.manifest(repo, digest)
             if m is None:
-                raise upstream.InvalidResponse(f"manifest {digest} vanished from {repo}")
+                raise upstream.InvalidDocument(f"manifest {digest} vanished from {repo}")
             if held.top is None or held.top.digest != m.digest:
                 await self._put_tag(repo, tag, m.raw, m.media_type or layout.OCI_MANIFEST, held.top)
             return
