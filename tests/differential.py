@@ -1,6 +1,6 @@
 """Run the same requests against two cnr-oci trees (before and after a refactor) and compare answers.
 
-Used by tests/test_differential.py, which runs only when OLD_TREE names a checkout of the old code.
+Used by tests/differential_check.py, which runs only when OLD_TREE names a checkout of the old code.
 Each tree is served as users run it (``python -m cnr_oci serve``), with the tree as working
 directory and PYTHONPATH, in front of its own real docker-registry.
 """

@@ -1,6 +1,6 @@
 """Answers the issue-10 refactor changed, pinned to what the code before it answered (b3e6fb7).
 
-Found by tests/test_differential.py; these run without the old tree.
+Found by tests/differential_check.py; these run without the old tree.
 """
 
 from __future__ import annotations
