@@ -31,8 +31,8 @@ from tests.helpers import chart, kpm, sha, tarball
 OLD_TREE = os.environ.get("OLD_TREE")
 NEW_TREE = Path(__file__).resolve().parents[1]
 if not OLD_TREE:
- Not collected at all (a skipped test fails in CI, see conftest.py): there is no old tree there.# Not collected at all (a skipped test fails in CI, see conftest.py): there is no old tree there.
- Not collected at all (a skipped test fails in CI, see conftest.py): there is no old tree there.pytest.skip("OLD_TREE (a checkout of the code before the refactor) is not set", allow_module_level=True)
+    # Not named test_*.py, so the suite never collects it (CI has no old tree); run it by name.
+    pytest.skip("OLD_TREE (a checkout of the code before the refactor) is not set", allow_module_level=True)
 
 RUN = secrets.token_hex(3)
 MOUNTS = ("/cnr", "")
