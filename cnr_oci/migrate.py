@@ -6,6 +6,7 @@ import asyncio
 import logging
 import mmap
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -95,6 +96,20 @@ class Progress:
     bytes_moved: Callable[[int], None] = lambda n: None
 
 
+SPOOL_PREFIX = "cnr-oci-migrate-"
+
+
+def _remove_stale_spools(workdir: Path | None) -> None:
+    """Spool directories of runs that were killed (their process is gone) are removed."""
+    root = workdir or Path(tempfile.gettempdir())
+    for path in root.glob(f"{SPOOL_PREFIX}*-*"):
+        pid = path.name[len(SPOOL_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("removed %s, left by a migration that was killed", path)
+
+
 def _chart_of(path: Path, size: int) -> dict[str, Any] | None:
     """Chart.yaml of a spooled helm blob, read through a memory map (nothing held whole; run in a thread)."""
     if size == 0:
@@ -125,9 +140,13 @@ class Migration:
         if namespaces or not packages:
             for ns in namespaces or [None]:  # type: ignore[list-item]
                 try:
-                    names |= set(await self.source.packages(ns))
+                    found = set(await self.source.packages(ns))
                 except SourceError as exc:
                     self.report.packages_failed[f"{ns or '*'}/*"] = str(exc)
+                    continue
+                if ns and not found:  # a typo must not pass for a migration of nothing
+                    self.report.packages_failed[f"{ns}/*"] = "the source lists no package in this namespace"
+                names |= found
         async def listing(name: str) -> tuple[str, list[SourceRelease]] | None:
             async with self._slots:  # side by side: some servers take ~40 ms a listing (appr's gevent)
                 try:
@@ -138,7 +157,8 @@ class Migration:
 
         listed = [x for x in await asyncio.gather(*(listing(n) for n in sorted(names))) if x is not None]
         self.progress.total(sum(len(r) for _, r in listed), sum(x.size or 0 for _, r in listed for x in r))
-        with tempfile.TemporaryDirectory(prefix="cnr-oci-migrate-", dir=self.workdir) as tmp:
+        _remove_stale_spools(self.workdir)
+        with tempfile.TemporaryDirectory(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=self.workdir) as tmp:
             await asyncio.gather(*(self._package(name, rels, Path(tmp)) for name, rels in listed))
         self.report.seconds = time.monotonic() - start
         return self.report
@@ -196,16 +216,21 @@ class Migration:
         return next((e for e in found if e.media_type == rel.media_type), None)
 
     async def _copy(self, pkg: Package, rel: SourceRelease, tmp: Path, out: Outcome, tags: set[str] | None) -> None:
+        if len(rel.release) > mapping.MAX_TAG:
+            raise errors.InvalidRelease(f"release {rel.release[:80]!r}... is {len(rel.release)} characters: an OCI "
+                                        f"tag holds at most {mapping.MAX_TAG}")
         if not mapping.is_release(rel.release):
             raise errors.InvalidRelease(f"release {rel.release[:80]!r} is not a SemVer 2.0 version")
         mapping.normalize_media_type(rel.media_type)
         held = await self._held(pkg, rel, tags)
         if held is not None and rel.digest in (layout.source_digest(held.manifest), held.layer.get("digest")):
             out.status, out.detail = SAME, "the target already holds it, with this digest"
+            self.progress.bytes_moved(rel.size or 0)
             return
         if self.dry_run:
             out.status = CONFLICT if held is not None else PLANNED
             out.bytes = rel.size or 0
+            self.progress.bytes_moved(out.bytes)
             out.detail = "the target holds other content" if held is not None else ""
             return
         spool = tmp / f"{pkg.file_stem}_{mapping.release_to_tag(rel.release)}_{rel.media_type}.blob"
@@ -258,6 +283,14 @@ class Migration:
         wanted = [r for r in ch.get("releases") or [] if isinstance(r, str) and r in moved]
         current = ch.get("current") if ch.get("current") in wanted else None
         out = ChannelOutcome(pkg.full, name, "planned", releases=mapping.sort_releases(wanted), current=current)
+        if not ch.get("releases"):
+            out.status, out.detail = "skipped", "empty on the source: nothing to move"
+            return out
+        try:
+            mapping.check_channel(name)
+        except errors.CnrError as exc:
+            out.status, out.detail = "failed", exc.message
+            return out
         if not wanted:
             out.status, out.detail = "failed", "none of its releases moved"
             return out

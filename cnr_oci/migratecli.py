@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import re
+import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -15,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from cnr_oci.app import open_backend
+from cnr_oci.app import Backend, open_backend
 from cnr_oci.auth import IDENTITY
 from cnr_oci.cnrsource import CnrSource, SourceError
 from cnr_oci.embedded import EmbeddedRegistry, RegistryNotInstalled, RegistryStartFailed, has_users, htpasswd_path
@@ -125,13 +127,38 @@ def _bars(enabled: bool) -> tuple[Progress, Callable[[], None]]:
     return Progress(total, done, moved), close
 
 
-async def migrate(args: argparse.Namespace, settings: Settings) -> Report:
+class TargetRefused(Exception):
+    """The target registry wants credentials that were not given, or refuses those given."""
+
+
+async def _check_target(backend: Backend) -> None:
+    """Fail before anything moves, not once a release (a registry with users and no credentials)."""
+    client = backend.store.client
+    if not await client.ping():
+        return  # it asks nobody for credentials
+    if backend.service_credentials is None:
+        raise TargetRefused("the target registry requires credentials: give --registry-username and "
+                            "--registry-password, or --docker-config")
+    try:
+        await client.check_credentials()
+    except RegistryError as exc:
+        raise TargetRefused(f"the target registry refuses the credentials given: {exc}") from exc
+
+
+async def migrate(args: argparse.Namespace, settings: Settings, holder: dict[str, Migration]) -> Report:
     timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout)
     bars = args.progress == "bars" or (args.progress == "auto" and sys.stderr.isatty())
     progress, close = _bars(bars)
+    if bars:  # a log line a release would tear the bars; warnings (failures, conflicts) still show
+        log.setLevel(max(log.getEffectiveLevel(), logging.WARNING))
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # as Ctrl-C: stop, clean up, report what was done
+        loop.add_signal_handler(sig, lambda: task.cancel() if task else None)
     async with _target(settings) as upstream, open_backend(settings, upstream, Metrics()) as backend, \
             aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
         IDENTITY.set(backend.service_credentials)
+        await _check_target(backend)
         source = CnrSource(session, args.source, args.from_prefix)
         if args.from_token:
             source.use_token(args.from_token)
@@ -142,6 +169,7 @@ async def migrate(args: argparse.Namespace, settings: Settings) -> Report:
         workdir = Path(args.workdir) if args.workdir else None
         run = Migration(backend.store, source, jobs=args.jobs, force=args.force, dry_run=args.dry_run,
                         workdir=workdir, progress=progress)
+        holder["run"] = run
         try:
             return await run.run(args.namespace, args.package)
         finally:
@@ -150,6 +178,8 @@ async def migrate(args: argparse.Namespace, settings: Settings) -> Report:
 
 def _summary(report: Report, dry_run: bool) -> str:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(report.counts().items())) or "nothing"
+    if report.packages_failed:
+        counts += f"; {len(report.packages_failed)} package(s) could not be listed"
     lines = [f"{'plan' if dry_run else 'migrated'} from {report.source}: {counts} in {report.seconds:.1f} s"]
     for o in report.releases:
         if o.status not in ("copied", "exists", "overwritten"):
@@ -163,12 +193,46 @@ def _summary(report: Report, dry_run: bool) -> str:
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    """What makes the command unusable, found before anything moves."""
     if args.jobs < 1 or args.jobs > 64:
-        print("cnr-oci migrate: --jobs must be between 1 and 64", file=sys.stderr)
+        return "--jobs must be between 1 and 64"
+    if args.workdir and not Path(args.workdir).is_dir():
+        return f"--workdir {args.workdir}: no such directory"
+    if args.report:
+        parent = Path(args.report).resolve().parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            return f"--report {args.report}: cannot write there"
+    return None
+
+
+def _write_report(path: str | None, report: Report, interrupted: bool = False) -> None:
+    if path:
+        doc = report.as_json()
+        if interrupted:
+            doc.update(ok=False, interrupted=True)
+        Path(path).write_text(json.dumps(doc, indent=2))
+
+
+def main(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
+    problem = _usage_problem(args)
+    if problem:
+        print(f"cnr-oci migrate: {problem}", file=sys.stderr)
         return 2
+    holder: dict[str, Migration] = {}
     try:
-        report = asyncio.run(migrate(args, settings))
+        report = asyncio.run(migrate(args, settings, holder))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        partial = holder["run"].report if "run" in holder else None
+        print("cnr-oci migrate: interrupted; what finished is in place: run the same command again to go on",
+              file=sys.stderr)
+        if partial is not None:
+            print(_summary(partial, args.dry_run))
+            _write_report(args.report, partial, interrupted=True)
+        return 130
+    except TargetRefused as exc:
+        print(f"cnr-oci migrate: {exc}", file=sys.stderr)
+        return 2
     except SourceError as exc:  # the login to the source failed
         print(f"cnr-oci migrate: {exc}", file=sys.stderr)
         return 1
@@ -176,6 +240,5 @@ def main(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
         print(f"cnr-oci migrate: the target registry: {exc}", file=sys.stderr)
         return 1
     print(_summary(report, args.dry_run))
-    if args.report:
-        Path(args.report).write_text(json.dumps(report.as_json(), indent=2))
+    _write_report(args.report, report)
     return 0 if report.ok else 1

@@ -198,7 +198,8 @@ async def test_a_migration_killed_at_any_point_completes_exactly_when_run_again(
     ns = "k" + secrets.token_hex(3)
     big = 50 * appr_fill.MIB if point == "fetch" else 0
     exp = await asyncio.to_thread(appr_fill.fill, appr_server.url, ns, big=big, workdir=tmp_path)
-    args = ["--from", appr_server.url, "--namespace", ns, "--upstream", registry.url, "--jobs", "2"]
+    args = ["--from", appr_server.url, "--namespace", ns, "--upstream", registry.url, "--jobs", "2",
+            "--workdir", str(tmp_path)]
     killed = await asyncio.to_thread(migrate, *args, env={"CNR_OCI_MIGRATE_KILL_AT": point})
     assert killed.returncode == -9, killed.stdout + killed.stderr
     report = tmp_path / "r.json"
@@ -283,3 +284,67 @@ async def test_an_unreachable_source_exits_1_with_a_report(registry, tmp_path):
                                    "--report", str(report))
     assert done.returncode == 1
     assert "*/*" in report_of(report)["packages_failed"]
+
+
+# -- operating it ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+async def test_sigterm_stops_cleanly_reports_what_was_done_and_leaves_no_registry_running(appr_server, tmp_path):
+    """Into the embedded registry (started by migrate itself): SIGTERM mid-blob stops it, removes the spool,
+    writes a partial report and exits 130; the same command then finishes."""
+    ns = "t" + secrets.token_hex(3)
+    await asyncio.to_thread(appr_fill.fill, appr_server.url, ns, big=50 * appr_fill.MIB, workdir=tmp_path)
+    data, spool, report = tmp_path / "data", tmp_path / "spool", tmp_path / "r.json"
+    spool.mkdir()
+    args = [sys.executable, "-m", "cnr_oci", "migrate", "--progress", "lines", "--from", appr_server.url,
+            "--namespace", ns, "--data-dir", str(data), "--workdir", str(spool), "--report", str(report), "--jobs", "1"]
+    proc = await asyncio.to_thread(subprocess.Popen, args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+    for _ in range(600):  # until the big blob is on its way
+        await asyncio.sleep(0.05)
+        if any(p.stat().st_size > 1 << 20 for p in spool.glob("*/*")):
+            break
+    proc.terminate()
+    out, err = await asyncio.to_thread(proc.communicate, timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert report_of(report)["interrupted"] is True
+    assert list(spool.iterdir()) == []
+    running = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True).stdout.split()
+    assert running == [], running
+    again = await asyncio.to_thread(migrate, "--from", appr_server.url, "--namespace", ns, "--data-dir", str(data),
+                                    "--workdir", str(spool), timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_a_bad_workdir_or_report_path_is_a_usage_error_before_anything_moves(tmp_path):
+    unreachable = "http://127.0.0.1:9"
+    bad_workdir = migrate("--from", unreachable, "--upstream", unreachable, "--workdir", str(tmp_path / "nope"))
+    assert bad_workdir.returncode == 2 and "--workdir" in bad_workdir.stderr
+    bad_report = migrate("--from", unreachable, "--upstream", unreachable, "--report", str(tmp_path / "no" / "r.json"))
+    assert bad_report.returncode == 2 and "--report" in bad_report.stderr
+
+
+async def test_a_target_that_wants_credentials_fails_fast_without_them(appr_server, tmp_path):
+    from tests.test_auth import USERS, start_htpasswd_registry
+
+    (tmp_path / "reg").mkdir()
+    reg = await asyncio.to_thread(start_htpasswd_registry, tmp_path / "reg", USERS)
+    try:
+        done = await asyncio.to_thread(migrate, "--from", appr_server.url, "--package", "x/y", "--upstream", reg.url)
+        assert done.returncode == 2 and "requires credentials" in done.stderr, done.stderr
+        user, password = next(iter(USERS.items()))
+        wrong = await asyncio.to_thread(migrate, "--from", appr_server.url, "--package", "x/y", "--upstream", reg.url,
+                                        "--registry-username", user, "--registry-password", password + "x")
+        assert wrong.returncode == 2 and "refuses the credentials" in wrong.stderr, wrong.stderr
+    finally:
+        await asyncio.to_thread(reg.stop)
+
+
+async def test_a_namespace_the_source_does_not_have_is_reported_not_passed(appr_server, registry, tmp_path):
+    report = tmp_path / "r.json"
+    done = await asyncio.to_thread(migrate, "--from", appr_server.url, "--namespace", "typo" + secrets.token_hex(3),
+                                   "--upstream", registry.url, "--report", str(report))
+    assert done.returncode == 1
+    assert list(report_of(report)["packages_failed"].values()) == ["the source lists no package in this namespace"]
