@@ -306,7 +306,7 @@ async def test_sigterm_stops_cleanly_reports_what_was_done_and_leaves_no_registr
         if any(p.stat().st_size > 1 << 20 for p in spool.glob("*/*")):
             break
     proc.terminate()
-    out, err = await asyncio.to_thread(proc.communicate, timeout=60)
+    _, err = await asyncio.to_thread(proc.communicate, timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert report_of(report)["interrupted"] is True
