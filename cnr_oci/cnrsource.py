@@ -79,6 +79,19 @@ def _hashes(path: Path) -> tuple[str, str | None]:
     return "sha256:" + raw.hexdigest(), ("sha256:" + tar.hexdigest()) if whole else None
 
 
+async def _read_up_to(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, or its first ``limit`` bytes: StreamReader.read(n) answers with what has arrived so
+    far, which for anything larger than a packet is only the start."""
+    parts: list[bytes] = []
+    total = 0
+    async for chunk in resp.content.iter_chunked(CHUNK):
+        parts.append(chunk[: limit - total])
+        total += len(parts[-1])
+        if total >= limit:
+            break
+    return b"".join(parts)
+
+
 class CnrSource:
     """Reads packages, releases, channels and blobs through the CNR API alone."""
 
@@ -110,7 +123,7 @@ class CnrSource:
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             async with self.session.request(method, self._url(path), headers=self.headers, **kwargs) as resp:
-                raw = await resp.content.read(MAX_LISTING + 1)
+                raw = await _read_up_to(resp, MAX_LISTING + 1)
                 if resp.status >= 400:
                     raise SourceError(f"{method} {path}: the source answered {resp.status}: "
                                       f"{raw[:300].decode('utf-8', 'replace')}", resp.status)
