@@ -162,11 +162,20 @@ class CnrSource:
         return out
 
     async def channels(self, package: str) -> list[dict[str, Any]]:
-        """E14: the package's channels (name, current, releases)."""
+        """E14: the package's channels, each as {"name": str, "current": str | None, "releases": [str]}
+        whatever shapes the source gave them (releases that are not strings are dropped)."""
         doc = await self._json("GET", f"/api/v1/packages/{package}/channels")
         if not isinstance(doc, list):
             raise SourceError(f"the source's channel list of {package} is not a JSON list")
-        return [c for c in doc if isinstance(c, dict) and isinstance(c.get("name"), str)]
+        out = []
+        for c in doc:
+            if isinstance(c, dict) and isinstance(c.get("name"), str):
+                releases = c.get("releases")
+                current = c.get("current")
+                out.append({"name": c["name"], "current": current if isinstance(current, str) else None,
+                            "releases": [r for r in releases if isinstance(r, str)] if isinstance(releases, list)
+                            else []})
+        return out
 
     async def fetch(self, rel: SourceRelease, dest: Path) -> Fetched:
         """The blob, by the digest the source advertises (E13), else by release (E12), spooled to

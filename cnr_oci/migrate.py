@@ -168,6 +168,9 @@ class Migration:
                 await self._copy(pkg, rel, tmp, out)
         except (SourceError, upstream.RegistryError, errors.CnrError, OSError) as exc:
             out.status, out.detail = FAILED, getattr(exc, "message", None) or str(exc)
+        except Exception as exc:  # a bug shown by what a source sent: this release fails, the run goes on
+            log.exception("%s %s (%s): unexpected error", pkg.full, rel.release, rel.media_type)
+            out.status, out.detail = FAILED, f"internal error: {type(exc).__name__}: {exc}"
         log.log(logging.WARNING if out.status in (FAILED, CONFLICT) else logging.INFO,
                 "%s %s (%s): %s%s", pkg.full, rel.release, rel.media_type, out.status,
                 f": {out.detail}" if out.detail else "")
@@ -242,8 +245,8 @@ class Migration:
 
     async def _channel(self, pkg: Package, ch: dict[str, Any], moved: set[str]) -> ChannelOutcome:
         name = str(ch["name"])
-        wanted = [r for r in ch.get("releases") or [] if isinstance(r, str) and r in moved]
-        current = ch.get("current") if ch.get("current") in wanted else None
+        wanted = [r for r in ch["releases"] if r in moved]
+        current = ch["current"] if ch["current"] in wanted else None
         out = ChannelOutcome(pkg.full, name, "planned", releases=mapping.sort_releases(wanted), current=current)
         if not wanted:
             out.status, out.detail = "failed", "none of its releases moved"
@@ -256,4 +259,7 @@ class Migration:
             out.current = current or mapping.sort_releases(wanted)[0]
         except (upstream.RegistryError, errors.CnrError) as exc:
             out.status, out.detail = "failed", getattr(exc, "message", None) or str(exc)
+        except Exception as exc:  # as in _release: this channel fails, the run goes on
+            log.exception("%s channel %s: unexpected error", pkg.full, name)
+            out.status, out.detail = "failed", f"internal error: {type(exc).__name__}: {exc}"
         return out

@@ -147,3 +147,82 @@ async def test_a_large_listing_arriving_in_pieces_is_read_whole(source, registry
     client = await target()
     shown = await (await client.get(f"{API}/{name}/1.0.0/kpm")).json()
     assert shown["metadata"] == meta
+
+
+async def test_dates_out_of_range_fail_nothing_and_the_release_keeps_a_date(source, registry, target):
+    """created_at that parses but leaves datetime's range in UTC (year 10000, year 0) or is garbage
+    of any JSON type: the release moves with the migration's own date; the run goes on."""
+    name = pkgname()
+    dates = ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+01:00", "not a date", 12, None, {"a": 1}, "x" * 100]
+    source.packages[name] = [Rel(f"1.0.{i}", helpers.kpm(str(i)), created_at=d) for i, d in enumerate(dates)]
+    report = await run(source, registry, [name])
+    assert set(status_of(report).values()) == {"copied"}, report.releases
+    client = await target()
+    for i in range(len(dates)):
+        shown = await (await client.get(f"{API}/{name}/1.0.{i}/kpm")).json()
+        assert shown["created_at"].endswith("Z"), shown
+
+
+async def test_channels_of_any_shape_fail_alone(source, registry, target):
+    """Channel entries whose releases or current are not what E14 says (a number, an object, null)
+    are reported, never crash the run; a good channel beside them is written."""
+    name = pkgname()
+    source.packages[name] = [Rel("1.0.0", helpers.kpm())]
+    source.channels[name] = [{"name": "num", "releases": 5, "current": "1.0.0"},
+                             {"name": "obj", "releases": {"1.0.0": 1}, "current": ["x"]},
+                             {"name": "none", "releases": None},
+                             {"name": "stable", "releases": ["1.0.0"], "current": "1.0.0"}]
+    report = await run(source, registry, [name])
+    assert status_of(report) == {(name, "1.0.0", "kpm"): "copied"}
+    channels = {c.channel: c.status for c in report.channels}
+    assert channels["stable"] == "written"
+    client = await target()
+    got = await (await client.get(f"{API}/{name}/channels/stable")).json()
+    assert got["releases"] == ["1.0.0"]
+
+
+async def test_metadata_of_every_json_type_moves_and_too_large_metadata_fails_alone(source, registry, target):
+    name = pkgname()
+    values: list[Any] = [None, {}, {"a": [1, 2.5, None, True]}, [1, 2], "text", 0, -1.5, True, False]
+    rels = [Rel(f"1.0.{i}", helpers.kpm(str(i)), metadata=v) for i, v in enumerate(values)]
+    rels += [Rel(f"2.0.{i}", helpers.chart(name.split("/")[1], f"2.0.{i}"), media_type="helm", metadata=v)
+             for i, v in enumerate(values)]
+    rels.append(Rel("3.0.0", helpers.kpm("big"), metadata={"big": "y" * (5 * 1024 * 1024)}))
+    source.packages[name] = rels
+    report = await run(source, registry, [name])
+    statuses = status_of(report)
+    assert statuses.pop((name, "3.0.0", "kpm")) == "failed"
+    assert set(statuses.values()) == {"copied"}, report.releases
+    big = next(o for o in report.releases if o.release == "3.0.0")
+    assert "limit" in big.detail
+    client = await target()
+    for i, v in enumerate(values):
+        for release, mt in ((f"1.0.{i}", "kpm"), (f"2.0.{i}", "helm")):
+            shown = await (await client.get(f"{API}/{name}/{release}/{mt}")).json()
+            assert shown["metadata"] == v, (release, mt)
+
+
+async def test_names_releases_media_types_and_digests_that_are_not_valid_fail_without_a_request(source, registry):
+    """Names that are not OCI names, releases that are not SemVer, media types with slashes,
+    digests that are not hex, sizes that lie: each is reported; no request goes to a path built
+    from them; the good release moves."""
+    good = pkgname()
+    blob = helpers.kpm()
+    source.packages = {
+        good: [Rel("1.0.0", blob, size=-5),
+               Rel("v1.0", helpers.kpm("a")), Rel("1.0.0-01", helpers.kpm("b")),
+               Rel("1.1.0", helpers.kpm("c"), media_type="a/../../b"),
+               Rel("1.2.0", helpers.kpm("d"), digest="../../../../x?y=1#z"),
+               Rel("1.3.0", helpers.kpm("e"), digest="ZZ" * 32),
+               Rel("1.4.0", helpers.kpm("f"), size=10**30)],
+        "../x": [Rel("1.0.0", blob)], "A/B": [Rel("1.0.0", blob)], "a/" + "b" * 300: [Rel("1.0.0", blob)],
+        "ns/x?y": [Rel("1.0.0", blob)],
+    }
+    report = await run(source, registry, [])
+    statuses = status_of(report)
+    assert statuses.pop((good, "1.0.0", "kpm")) == "copied"
+    assert statuses.pop((good, "1.4.0", "kpm")) == "copied"
+    assert set(statuses.values()) == {"failed"}, statuses
+    assert set(report.packages_failed) >= {"../x", "A/B", "a/" + "b" * 300}, report.packages_failed
+    paths = [p for _, p, _ in source.requests]
+    assert not [p for p in paths if ".." in p or "x?y" in p or "A/B" in p or "bbbb" in p or "ZZ" in p], paths
