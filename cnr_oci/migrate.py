@@ -6,6 +6,7 @@ import asyncio
 import logging
 import mmap
 import os
+import re
 import signal
 import tempfile
 import time
@@ -37,6 +38,7 @@ def _maybe_die(point: str) -> None:
 COPIED, SAME, OVERWRITTEN = "copied", "exists", "overwritten"
 CONFLICT, FAILED, PLANNED = "conflict", "failed", "planned"
 MOVED = frozenset({COPIED, SAME, OVERWRITTEN})
+_DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
 
 
 @dataclass
@@ -128,25 +130,25 @@ class Migration:
                     names |= set(await self.source.packages(ns))
                 except SourceError as exc:
                     self.report.packages_failed[f"{ns or '*'}/*"] = str(exc)
-        listed: list[tuple[str, list[SourceRelease]]] = []
+        listed: list[tuple[Package, list[SourceRelease]]] = []
         for name in sorted(names):
-            try:
-                listed.append((name, await self.source.releases(name)))
+            ns, _, short = name.partition("/")
+            try:  # before any request names it: "../x" or "a/b?c" would be another path on the source
+                pkg = mapping.parse_package(ns, short, self.store.read.prefix)
+                listed.append((pkg, await self.source.releases(name)))
+            except errors.CnrError as exc:
+                self.report.packages_failed[name] = exc.message
             except SourceError as exc:
                 self.report.packages_failed[name] = str(exc)
-        self.progress.total(sum(len(r) for _, r in listed), sum(x.size or 0 for _, r in listed for x in r))
+        self.progress.total(sum(len(r) for _, r in listed),
+                            sum(max(0, x.size or 0) for _, r in listed for x in r))
         with tempfile.TemporaryDirectory(prefix="cnr-oci-migrate-", dir=self.workdir) as tmp:
-            await asyncio.gather(*(self._package(name, rels, Path(tmp)) for name, rels in listed))
+            await asyncio.gather(*(self._package(pkg, rels, Path(tmp)) for pkg, rels in listed))
         self.report.seconds = time.monotonic() - start
         return self.report
 
-    async def _package(self, name: str, rels: list[SourceRelease], tmp: Path) -> None:
-        ns, _, short = name.partition("/")
-        try:
-            pkg = mapping.parse_package(ns, short, self.store.read.prefix)
-        except errors.CnrError as exc:
-            self.report.packages_failed[name] = exc.message
-            return
+    async def _package(self, pkg: Package, rels: list[SourceRelease], tmp: Path) -> None:
+        name = pkg.full
         # Oldest first, so that an interrupted run leaves the older releases in place.
         ordered = sorted(rels, key=lambda r: (mapping.is_release(r.release), r.release))
         outcomes = await asyncio.gather(*(self._release(pkg, r, tmp) for r in ordered))
@@ -189,6 +191,9 @@ class Migration:
         if not mapping.is_release(rel.release):
             raise errors.InvalidRelease(f"release {rel.release[:80]!r} is not a SemVer 2.0 version")
         mapping.normalize_media_type(rel.media_type)
+        if not _DIGEST.fullmatch(rel.digest):
+            raise SourceError(f"the source advertises no sha256 digest ({rel.digest[:100]!r}), so the blob "
+                              "cannot be verified; nothing was fetched")
         held = await self._held(pkg, rel)
         if held is not None and rel.digest in (layout.source_digest(held.manifest), held.layer.get("digest")):
             out.status, out.detail = SAME, "the target already holds it, with this digest"
