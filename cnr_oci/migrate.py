@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnr_oci import archive, errors, layout, mapping, upstream
+from cnr_oci import archive, cnrsource, errors, layout, mapping, upstream
 from cnr_oci.cnrsource import CnrSource, Fetched, SourceError, SourceRelease
 from cnr_oci.mapping import Package
 from cnr_oci.readmodel import Entry
@@ -109,8 +109,10 @@ class Migration:
     """Copies releases with ``jobs`` transfers at once; each is verified, written tag last, read back."""
 
     def __init__(self, store: Store, source: CnrSource, *, jobs: int = 4, force: bool = False,
-                 dry_run: bool = False, workdir: Path | None = None, progress: Progress | None = None) -> None:
+                 dry_run: bool = False, workdir: Path | None = None, progress: Progress | None = None,
+                 max_blob: int = cnrsource.MAX_BLOB) -> None:
         self.store = store
+        self.max_blob = max_blob
         self.source = source
         self.force = force
         self.dry_run = dry_run
@@ -205,7 +207,7 @@ class Migration:
             return
         spool = tmp / f"{pkg.file_stem}_{mapping.release_to_tag(rel.release)}_{rel.media_type}.blob"
         try:
-            fetched = await self.source.fetch(rel, spool)
+            fetched = await self.source.fetch(rel, spool, self.max_blob)
             self.progress.bytes_moved(fetched.size)
             out.bytes, out.source_digest_of = fetched.size, self._digest_of(rel, fetched)
             if held is not None:
@@ -227,8 +229,9 @@ class Migration:
             return "tar+gzip"
         if rel.digest == fetched.tar_digest:
             return "tar"
+        tar = fetched.tar_digest or f"not gzip, or over {cnrsource.tar_limit(fetched.size)} bytes"
         raise SourceError(f"the bytes served do not match the advertised digest {rel.digest} (their sha256 "
-                          f"is {fetched.gzip_digest}, gunzipped {fetched.tar_digest}); nothing was written")
+                          f"is {fetched.gzip_digest}, gunzipped {tar}); nothing was written")
 
     async def _write(self, pkg: Package, rel: SourceRelease, fetched: Fetched, out: Outcome, overwrite: bool) -> None:
         chart = await asyncio.to_thread(_chart_of, fetched.path, fetched.size) if rel.media_type == "helm" else None

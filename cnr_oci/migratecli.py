@@ -17,7 +17,7 @@ import aiohttp
 
 from cnr_oci.app import open_backend
 from cnr_oci.auth import IDENTITY
-from cnr_oci.cnrsource import CnrSource, SourceError
+from cnr_oci.cnrsource import MAX_BLOB, CnrSource, SourceError
 from cnr_oci.embedded import EmbeddedRegistry, RegistryNotInstalled, RegistryStartFailed, has_users, htpasswd_path
 from cnr_oci.metrics import Metrics
 from cnr_oci.migrate import Migration, Outcome, Progress, Report
@@ -37,6 +37,14 @@ def _credentials(value: str) -> tuple[str, str]:
     if not sep or not user:
         raise argparse.ArgumentTypeError("expected USER:PASSWORD")
     return user, password
+
+
+def _size(value: str) -> int:
+    m = re.fullmatch(r"(\d+)([kKmMgG]?)(?:i?B)?", value)
+    if not m or int(m.group(1)) < 1:
+        raise argparse.ArgumentTypeError("expected a size in bytes, such as 4294967296 or 4G")
+    unit: int = 1024 ** " kmg".index(str(m.group(2)).lower() or " ")
+    return int(m.group(1)) * unit
 
 
 def _package(value: str) -> str:
@@ -70,6 +78,9 @@ def add_parser(sub: Any, flags: list[tuple[str, str, Callable[[str], Any], str]]
     p.add_argument("--force", action="store_true", help="overwrite releases the target holds with other bytes")
     p.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")
     p.add_argument("--report", help="write a JSON report of every release and channel to this file")
+    p.add_argument("--max-blob-size", type=_size, default=MAX_BLOB,
+                   help="fail a release whose blob is larger, without reading the rest (bytes, or with K, M, G; "
+                        "default 1G)")
     p.add_argument("--workdir", help="where blobs are spooled while they move (default: the system's temp dir)")
     p.add_argument("--progress", choices=("auto", "bars", "lines"), default="auto",
                    help="progress bars (default on a terminal) or log lines")
@@ -141,7 +152,7 @@ async def migrate(args: argparse.Namespace, settings: Settings) -> Report:
             await source.login(*args.from_login)
         workdir = Path(args.workdir) if args.workdir else None
         run = Migration(backend.store, source, jobs=args.jobs, force=args.force, dry_run=args.dry_run,
-                        workdir=workdir, progress=progress)
+                        workdir=workdir, progress=progress, max_blob=args.max_blob_size)
         try:
             return await run.run(args.namespace, args.package)
         finally:

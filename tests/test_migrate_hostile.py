@@ -26,6 +26,7 @@ from tests import helpers
 API = "/cnr/api/v1/packages"
 MANIFEST_TYPE = "application/vnd.cnr.package-manifest.{}.v0.json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Override = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
 
 
 @dataclass
@@ -54,8 +55,8 @@ class FakeSource:
 
     packages: dict[str, list[Rel]] = field(default_factory=dict)
     channels: dict[str, list[Any]] = field(default_factory=dict)
-    # Replace the answer to one kind of request ("list", "manifests", "channels", "blob").
-    override: dict[str, Handler] = field(default_factory=dict)
+    # Replace the answer to one kind of request ("list", "manifests", "channels", "blob"); None: as usual.
+    override: dict[str, Override] = field(default_factory=dict)
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # method, path_qs, Authorization
     url: str = ""
 
@@ -79,8 +80,8 @@ class FakeSource:
             kind = "blob"
         else:
             kind = "other"
-        if kind in self.override:
-            return await self.override[kind](request)
+        if kind in self.override and (answer := await self.override[kind](request)) is not None:
+            return answer
         name = "/".join(parts[:2])
         if kind == "list":
             return web.json_response([{"name": n} for n in self.packages])
@@ -226,3 +227,125 @@ async def test_names_releases_media_types_and_digests_that_are_not_valid_fail_wi
     assert set(report.packages_failed) >= {"../x", "A/B", "a/" + "b" * 300}, report.packages_failed
     paths = [p for _, p, _ in source.requests]
     assert not [p for p in paths if ".." in p or "x?y" in p or "A/B" in p or "bbbb" in p or "ZZ" in p], paths
+
+
+# -- hostile blobs --------------------------------------------------------------------------------------
+
+
+def endless(sent: list[int], piece: bytes = b"\0" * 65536, delay: float = 0.0) -> Handler:
+    """A blob answer that never ends (or drips, with a delay); ``sent`` counts what went out."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        while True:
+            await resp.write(piece)
+            sent[0] += len(piece)
+            await asyncio.sleep(delay)
+    return handler
+
+
+def only(package: str, handler: Handler) -> Override:
+    """The handler for this package's requests; the usual answer for the others."""
+    async def pick(request: web.Request) -> web.StreamResponse | None:
+        mine = f"/{package}/" in request.path or request.path.endswith(f"/{package}")
+        return await handler(request) if mine else None
+    return pick
+
+
+async def test_an_endless_blob_is_cut_at_the_size_limit_and_the_rest_moves(source, registry, tmp_path):
+    """A blob that never ends fills the spool only up to max_blob; its release fails naming the limit."""
+    bad, good = pkgname(), pkgname()
+    source.packages = {bad: [Rel("1.0.0", helpers.kpm("bad"))], good: [Rel("1.0.0", helpers.kpm("good"))]}
+    sent = [0]
+    source.override["blob"] = only(bad, endless(sent))
+    cap = 4 * 1024 * 1024
+    report = await asyncio.wait_for(run(source, registry, [bad, good], workdir=tmp_path, max_blob=cap), 20)
+    assert status_of(report) == {(bad, "1.0.0", "kpm"): "failed", (good, "1.0.0", "kpm"): "copied"}
+    detail = next(o.detail for o in report.releases if o.package == bad)
+    assert str(cap) in detail, detail
+    assert sent[0] < cap + 16 * 1024 * 1024  # what sat in socket buffers, no more
+    assert list(tmp_path.iterdir()) == []  # the spool is gone
+
+
+async def test_a_slow_drip_is_cut_and_does_not_hold_the_migration(source, registry):
+    """A blob (or a listing) sent a few bytes at a time is cut off at the minimum rate; with one
+    transfer slot, the package after it still moves."""
+    slow, dripping, good = pkgname(), pkgname(), pkgname()
+    source.packages = {slow: [Rel("1.0.0", helpers.kpm("slow"))], dripping: [Rel("1.0.0", helpers.kpm("d"))],
+                       good: [Rel("1.0.0", helpers.kpm("good"))]}
+    source.override["blob"] = only(slow, endless([0], b"x" * 10, delay=0.05))
+    source.override["manifests"] = only(dripping, endless([0], b" ", delay=0.05))
+    timeout = aiohttp.ClientTimeout(total=None, connect=5, sock_read=30)
+    async with open_backend(Settings(upstream=registry.url, cache_ttl=0), registry.url, Metrics()) as backend, \
+            aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
+        src = CnrSource(session, source.url, min_rate=1000, window=1.0)
+        report = await asyncio.wait_for(Migration(backend.store, src, jobs=1).run([], [slow, dripping, good]), 15)
+    assert status_of(report) == {(slow, "1.0.0", "kpm"): "failed", (good, "1.0.0", "kpm"): "copied"}
+    assert "minimum of 1000 bytes/s" in next(o.detail for o in report.releases if o.package == slow)
+    assert "minimum of 1000 bytes/s" in report.packages_failed[dripping]
+
+
+async def test_a_gzip_bomb_costs_a_bounded_time(source, registry, monkeypatch):
+    """A blob whose advertised digest is of neither its bytes nor its tar, and which inflates a thousand
+    times: checking it inflates no further than tar_limit, so it fails quickly."""
+    import gzip
+
+    from cnr_oci import cnrsource
+
+    monkeypatch.setattr(cnrsource, "MAX_TAR_FLOOR", 1024 * 1024)
+    bomb = gzip.compress(bytes(512 * 1024 * 1024), 9)  # 500 KiB that inflate to 512 MiB
+    name = pkgname()
+    source.packages[name] = [Rel("1.0.0", bomb, digest="ab" * 32)]
+    start = asyncio.get_running_loop().time()
+    report = await run(source, registry, [name])
+    took = asyncio.get_running_loop().time() - start
+    assert status_of(report) == {(name, "1.0.0", "kpm"): "failed"}
+    assert took < 1.0, took  # inflating all 512 MiB takes about 2 s here
+
+
+async def test_a_reset_mid_blob_fails_the_release_and_a_second_run_moves_it(source, registry, target):
+    name = pkgname()
+    blob = helpers.kpm("reset", extra=bytes(range(256)) * 8192)
+    source.packages[name] = [Rel("1.0.0", blob)]
+    resets = [0]
+
+    async def reset(request: web.Request) -> web.StreamResponse | None:
+        if resets[0]:
+            return None
+        resets[0] += 1
+        resp = web.StreamResponse(headers={"Content-Length": str(len(blob))})
+        await resp.prepare(request)
+        await resp.write(blob[: len(blob) // 2])
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+
+    source.override["blob"] = reset
+    first = await run(source, registry, [name])
+    assert status_of(first) == {(name, "1.0.0", "kpm"): "failed"}
+    assert helpers.tags(registry.url, name) == []
+    second = await run(source, registry, [name])
+    assert status_of(second) == {(name, "1.0.0", "kpm"): "copied"}
+    client = await target()
+    assert await (await client.get(f"{API}/{name}/1.0.0/kpm/pull")).read() == blob
+
+
+async def test_a_blob_that_matches_its_digest_but_is_not_a_chart_is_refused_or_kept_as_served(source, registry):
+    """helm: the bytes must be a gzipped tar (a chart, or a tar without Chart.yaml, stored as an artifact);
+    a hostile Chart.yaml (aliases, depth) fails that release alone."""
+    name = pkgname()
+    short = name.split("/")[1]
+    bomb_yaml = b"name: x\nversion: 1.0.0\na: &a [1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n" \
+                b"c: [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+    deep = b"name: x\nversion: 1.0.0\nd: " + b"[" * 5000 + b"]" * 5000 + b"\n"
+    source.packages[name] = [
+        Rel("1.0.0", b"plain text, not gzip", media_type="helm"),
+        Rel("1.1.0", helpers.tarball({f"{short}/Chart.yaml": bomb_yaml}), media_type="helm"),
+        Rel("1.2.0", helpers.tarball({f"{short}/Chart.yaml": deep}), media_type="helm"),
+        Rel("1.3.0", helpers.tarball({"bundle/x.yaml": b"a: 1\n"}), media_type="helm"),
+        Rel("1.4.0", helpers.chart(short, "1.4.0"), media_type="helm"),
+    ]
+    report = await run(source, registry, [name])
+    assert status_of(report) == {(name, "1.0.0", "helm"): "failed", (name, "1.1.0", "helm"): "failed",
+                                 (name, "1.2.0", "helm"): "failed", (name, "1.3.0", "helm"): "copied",
+                                 (name, "1.4.0", "helm"): "copied"}
