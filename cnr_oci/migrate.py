@@ -151,6 +151,7 @@ class Migration:
 
     async def _package(self, pkg: Package, rels: list[SourceRelease], tmp: Path) -> None:
         name = pkg.full
+        rels = self._unambiguous(pkg, rels)
         # Oldest first, so that an interrupted run leaves the older releases in place.
         ordered = sorted(rels, key=lambda r: (mapping.is_release(r.release), r.release))
         outcomes = await asyncio.gather(*(self._release(pkg, r, tmp) for r in ordered))
@@ -164,6 +165,27 @@ class Migration:
             return
         for ch in channels:
             self.report.channels.append(await self._channel(pkg, ch, moved))
+
+    def _unambiguous(self, pkg: Package, rels: list[SourceRelease]) -> list[SourceRelease]:
+        """One entry a (release, media type): a repeat with the same digest is dropped; one listed with
+        several digests is reported failed (which one is the release?) and not moved."""
+        groups: dict[tuple[str, str], list[SourceRelease]] = {}
+        for r in rels:
+            groups.setdefault((r.release, r.media_type), []).append(r)
+        out = []
+        for (release, media_type), group in groups.items():
+            digests = sorted({r.digest for r in group})
+            if len(digests) == 1:
+                out.append(group[0])
+                continue
+            shown = ", ".join(digests[:3]) + (f" and {len(digests) - 3} more" if len(digests) > 3 else "")
+            for r in group:
+                o = Outcome(pkg.full, release, media_type, FAILED, source_digest=r.digest,
+                            detail=f"the source lists this release twice or more, with digests {shown}")
+                log.warning("%s %s (%s): failed: %s", pkg.full, release, media_type, o.detail)
+                self.report.releases.append(o)
+                self.progress.release_done(o)
+        return out
 
     async def _release(self, pkg: Package, rel: SourceRelease, tmp: Path) -> Outcome:
         out = Outcome(pkg.full, rel.release, rel.media_type, FAILED, source_digest=rel.digest)
@@ -205,7 +227,10 @@ class Migration:
             out.bytes = rel.size or 0
             out.detail = "the target holds other content" if held is not None else ""
             return
-        spool = tmp / f"{pkg.file_stem}_{mapping.release_to_tag(rel.release)}_{rel.media_type}.blob"
+        # A name of its own: "a_b/c" and "a/b_c" would join alike, and long names pass NAME_MAX.
+        fd, spooled = tempfile.mkstemp(suffix=".blob", dir=tmp)
+        os.close(fd)
+        spool = Path(spooled)
         try:
             fetched = await self.source.fetch(rel, spool, self.max_blob)
             self.progress.bytes_moved(fetched.size)

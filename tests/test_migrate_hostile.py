@@ -349,3 +349,46 @@ async def test_a_blob_that_matches_its_digest_but_is_not_a_chart_is_refused_or_k
     assert status_of(report) == {(name, "1.0.0", "helm"): "failed", (name, "1.1.0", "helm"): "failed",
                                  (name, "1.2.0", "helm"): "failed", (name, "1.3.0", "helm"): "copied",
                                  (name, "1.4.0", "helm"): "copied"}
+
+
+def trickle(blob: bytes, pieces: int = 20, delay: float = 0.02) -> Handler:
+    """The blob in pieces, slowly enough for two transfers to overlap."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": str(len(blob))})
+        await resp.prepare(request)
+        step = len(blob) // pieces + 1
+        for i in range(0, len(blob), step):
+            await resp.write(blob[i:i + step])
+            await asyncio.sleep(delay)
+        await resp.write_eof()
+        return resp
+    return handler
+
+
+async def test_packages_whose_names_join_alike_do_not_share_a_spool_file(source, registry, target):
+    """a_b/c and a/b_c (both valid) at the same release download at once; each keeps its own bytes."""
+    ns, name = helpers.unique("s")
+    one, two = f"{ns}_x/{name}", f"{ns}/x_{name}"
+    blobs = {one: helpers.kpm("one", extra=bytes(300_000)), two: helpers.kpm("two", extra=bytes(300_000))}
+    source.packages = {n: [Rel("1.0.0", b)] for n, b in blobs.items()}
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        return await trickle(blobs[one if f"/{one}/" in request.path else two])(request)
+
+    source.override["blob"] = slow
+    report = await run(source, registry, [one, two], jobs=2)
+    assert set(status_of(report).values()) == {"copied"}, report.releases
+    client = await target()
+    for n, b in blobs.items():
+        assert await (await client.get(f"{API}/{n}/1.0.0/kpm/pull")).read() == b
+
+
+async def test_a_release_listed_twice_moves_once_and_two_digests_for_one_release_move_neither(source, registry):
+    name = pkgname()
+    same, first, second = helpers.kpm("same"), helpers.kpm("first"), helpers.kpm("second")
+    source.packages[name] = [Rel("1.0.0", same), Rel("1.0.0", same), Rel("2.0.0", first), Rel("2.0.0", second)]
+    report = await run(source, registry, [name])
+    outcomes = sorted((o.release, o.status) for o in report.releases)
+    assert outcomes == [("1.0.0", "copied"), ("2.0.0", "failed"), ("2.0.0", "failed")], outcomes
+    assert all("twice" in o.detail for o in report.releases if o.release == "2.0.0")
+    assert helpers.tags(registry.url, name) == ["1.0.0"]
