@@ -266,8 +266,12 @@ class Migration:
             annotations={layout.ANN_SOURCE_DIGEST: rel.digest, layout.ANN_SOURCE_DIGEST_OF: out.source_digest_of})
         try:
             await self.store.write.write(pkg, release, fetched.path)
-        except errors.PackageExists:
-            out.status, out.detail = CONFLICT, "written meanwhile by someone else; --force overwrites"
+        except errors.PackageExists:  # by another run or a push, since _held looked
+            now = await self._held(pkg, rel)
+            if now is not None and now.layer.get("digest") == fetched.gzip_digest:
+                out.status, out.detail = SAME, "written meanwhile by someone else, with the same bytes"
+            else:
+                out.status, out.detail = CONFLICT, "written meanwhile by someone else; --force overwrites"
             return
         back = await self._held(pkg, rel)  # read back through the read model, as a client would see it
         if back is None or back.layer.get("digest") != fetched.gzip_digest or layout.source_digest(
