@@ -57,7 +57,7 @@ class Outcome:
 class ChannelOutcome:
     package: str
     channel: str
-    status: str  # "written", "exists", "failed", "planned"
+    status: str  # "written", "exists", "failed", "planned", "skipped" (it names no release the source lists)
     detail: str = ""
     releases: list[str] = field(default_factory=list)
     current: str | None = None
@@ -164,7 +164,7 @@ class Migration:
             self.report.channels.append(ChannelOutcome(name, "*", "failed", str(exc)))
             return
         for ch in channels:
-            self.report.channels.append(await self._channel(pkg, ch, moved))
+            self.report.channels.append(await self._channel(pkg, ch, moved, {r.release for r in rels}))
 
     def _unambiguous(self, pkg: Package, rels: list[SourceRelease]) -> list[SourceRelease]:
         """One entry a (release, media type): a repeat with the same digest is dropped; one listed with
@@ -280,13 +280,23 @@ class Migration:
         out.status = OVERWRITTEN if overwrite else COPIED
         _maybe_die("written")
 
-    async def _channel(self, pkg: Package, ch: dict[str, Any], moved: set[str]) -> ChannelOutcome:
+    async def _channel(self, pkg: Package, ch: dict[str, Any], moved: set[str], listed: set[str]) -> ChannelOutcome:
+        """A channel with the releases of it that moved. Releases the source does not list are left out
+        (the source's channel shows nothing for them either): one with only those is skipped, not failed,
+        so that a run that moved everything succeeds."""
         name = str(ch["name"])
         wanted = [r for r in ch["releases"] if r in moved]
         current = ch["current"] if ch["current"] in wanted else None
         out = ChannelOutcome(pkg.full, name, "planned", releases=mapping.sort_releases(wanted), current=current)
+        unlisted = sorted({r for r in ch["releases"] if r not in listed})
+        if unlisted:
+            out.detail = f"releases the source does not list, left out: {', '.join(unlisted[:5])[:300]}" + (
+                f" and {len(unlisted) - 5} more" if len(unlisted) > 5 else "")
         if not wanted:
-            out.status, out.detail = "failed", "none of its releases moved"
+            if any(r in listed for r in ch["releases"]):
+                out.status, out.detail = "failed", "none of its releases moved"
+            else:
+                out.status = "skipped"
             return out
         if self.dry_run:
             return out

@@ -448,3 +448,31 @@ async def test_a_user_push_of_the_same_release_meanwhile_is_found_not_a_conflict
     report = await run(source, registry, [same, other])
     assert status_of(report) == {(same, "1.0.0", "kpm"): "exists", (other, "1.0.0", "kpm"): "conflict"}
     assert await (await client.get(f"{API}/{other}/1.0.0/kpm/pull")).read() == blob_user
+
+
+# -- channels ---------------------------------------------------------------------------------------------
+
+
+async def test_channels_naming_releases_the_source_does_not_list_do_not_fail_every_run(source, registry, target):
+    """A channel of releases the source does not have is skipped (it is empty there too), so a run
+    that moved everything exits 0; a channel whose release failed to move fails until it moves; a name
+    that cannot be a tag fails."""
+    name, broken = pkgname(), pkgname()
+    source.packages = {name: [Rel("1.0.0", helpers.kpm())], broken: [Rel("1.0.0", helpers.kpm("b"), digest="cd" * 32)]}
+    source.channels = {
+        name: [{"name": "ghost", "current": "9.9.9", "releases": ["9.9.9"]},
+               {"name": "mixed", "current": "9.9.9", "releases": ["1.0.0", "9.9.9"]}],
+        broken: [{"name": "stable", "current": "1.0.0", "releases": ["1.0.0"]}],
+    }
+    report = await run(source, registry, [name])
+    channels = {c.channel: c for c in report.channels}
+    assert channels["ghost"].status == "skipped" and "9.9.9" in channels["ghost"].detail
+    assert channels["mixed"].status == "written" and channels["mixed"].releases == ["1.0.0"]
+    assert "9.9.9" in channels["mixed"].detail
+    assert report.ok
+    client = await target()
+    assert (await client.get(f"{API}/{name}/channels/ghost")).status == 404
+    assert (await (await client.get(f"{API}/{name}/channels/mixed")).json())["current"] == "1.0.0"
+
+    report = await run(source, registry, [broken])
+    assert [(c.channel, c.status) for c in report.channels] == [("stable", "failed")] and not report.ok
