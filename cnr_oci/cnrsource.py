@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,13 @@ def tar_limit(size: int) -> int:
     return MAX_TAR_FLOOR + MAX_TAR_RATIO * size
 
 
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret value replaced by <redacted>, longest first."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "<redacted>")
+    return text
+
+
 class CnrSource:
     """Reads packages, releases, channels and blobs through the CNR API alone."""
 
@@ -115,16 +123,28 @@ class CnrSource:
         self.base = url.rstrip("/") + ("/" + prefix.strip("/") if prefix.strip("/") else "")
         self.headers: dict[str, str] = {}
         self.on_progress: Callable[[], None] = lambda: None  # called as a large blob arrives
+        # The credentials' values: a source may echo them in an error, so whatever prints or logs
+        # the source's words passes them through scrub().
+        self.secrets: set[str] = set()
+
+    def _secret(self, *values: str) -> None:
+        for value in values:
+            if value:
+                self.secrets |= {value, json.dumps(value)[1:-1]}  # as given, and as a JSON echo shows it
 
     def use_token(self, token: str) -> None:
         """appr's and cnr-oci's tokens go as they are in Authorization; Quay's as "Bearer ..." too."""
+        self._secret(token)
         self.headers["Authorization"] = token
 
     def use_basic(self, user: str, password: str) -> None:
-        self.headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        encoded = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self._secret(password, encoded)
+        self.headers["Authorization"] = "Basic " + encoded
 
     async def login(self, user: str, password: str) -> None:
         """E3: a token for these credentials, used from then on."""
+        self._secret(password)
         body = {"user": {"username": user, "password": password}}
         doc = await self._json("POST", "/api/v1/users/login", json=body)
         token = doc.get("token") if isinstance(doc, dict) else None

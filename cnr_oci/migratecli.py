@@ -17,7 +17,7 @@ import aiohttp
 
 from cnr_oci.app import open_backend
 from cnr_oci.auth import IDENTITY
-from cnr_oci.cnrsource import MAX_BLOB, CnrSource, SourceError
+from cnr_oci.cnrsource import MAX_BLOB, CnrSource, SourceError, scrub
 from cnr_oci.embedded import EmbeddedRegistry, RegistryNotInstalled, RegistryStartFailed, has_users, htpasswd_path
 from cnr_oci.metrics import Metrics
 from cnr_oci.migrate import Migration, Outcome, Progress, Report
@@ -56,6 +56,8 @@ def _package(value: str) -> str:
 def _source_url(value: str) -> str:
     if not re.match(r"^https?://[^/]+", value):
         raise argparse.ArgumentTypeError("--from must be an http:// or https:// URL")
+    if "@" in value.split("/")[2]:  # the URL is printed and reported: credentials go in their own flags
+        raise argparse.ArgumentTypeError("--from takes no USER:PASSWORD@; use --from-basic or --from-login")
     return value.rstrip("/")
 
 
@@ -136,7 +138,26 @@ def _bars(enabled: bool) -> tuple[Progress, Callable[[], None]]:
     return Progress(total, done, moved), close
 
 
-async def migrate(args: argparse.Namespace, settings: Settings) -> Report:
+class _Scrub(logging.Filter):
+    """Source credentials out of every log line (a source may echo them in an error we log)."""
+
+    def __init__(self, secrets: set[str]) -> None:
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            cleaned = scrub(message, self.secrets)
+            if cleaned != message:
+                record.msg, record.args = cleaned, None
+            if record.exc_info and record.exc_info[1] is not None:
+                record.exc_text = scrub(logging.Formatter().formatException(record.exc_info), self.secrets)
+                record.exc_info = None
+        return True
+
+
+async def migrate(args: argparse.Namespace, settings: Settings, secrets: set[str] | None = None) -> Report:
     timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout)
     bars = args.progress == "bars" or (args.progress == "auto" and sys.stderr.isatty())
     progress, close = _bars(bars)
@@ -144,6 +165,8 @@ async def migrate(args: argparse.Namespace, settings: Settings) -> Report:
             aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
         IDENTITY.set(backend.service_credentials)
         source = CnrSource(session, args.source, args.from_prefix)
+        if secrets is not None:
+            source.secrets = secrets  # the caller's set: it scrubs what it prints with it
         if args.from_token:
             source.use_token(args.from_token)
         elif args.from_basic:
@@ -178,15 +201,19 @@ def main(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
     if args.jobs < 1 or args.jobs > 64:
         print("cnr-oci migrate: --jobs must be between 1 and 64", file=sys.stderr)
         return 2
+    secrets: set[str] = set()
+    scrubber = _Scrub(secrets)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(scrubber)
     try:
-        report = asyncio.run(migrate(args, settings))
+        report = asyncio.run(migrate(args, settings, secrets))
     except SourceError as exc:  # the login to the source failed
-        print(f"cnr-oci migrate: {exc}", file=sys.stderr)
+        print(f"cnr-oci migrate: {scrub(str(exc), secrets)}", file=sys.stderr)
         return 1
     except (RegistryNotInstalled, RegistryStartFailed, RegistryError) as exc:  # the target registry
         print(f"cnr-oci migrate: the target registry: {exc}", file=sys.stderr)
         return 1
-    print(_summary(report, args.dry_run))
+    print(scrub(_summary(report, args.dry_run), secrets))
     if args.report:
-        Path(args.report).write_text(json.dumps(report.as_json(), indent=2))
+        Path(args.report).write_text(scrub(json.dumps(report.as_json(), indent=2), secrets))
     return 0 if report.ok else 1

@@ -476,3 +476,82 @@ async def test_channels_naming_releases_the_source_does_not_list_do_not_fail_eve
 
     report = await run(source, registry, [broken])
     assert [(c.channel, c.status) for c in report.channels] == [("stable", "failed")] and not report.ok
+
+
+# -- credentials ----------------------------------------------------------------------------------------
+
+
+async def test_source_credentials_never_reach_output_reports_logs_or_other_hosts(source, registry, aiohttp_server,
+                                                                                 tmp_path):
+    """A source that echoes what it is sent (the Authorization header, the login body) in its errors,
+    and redirects a blob to another host: the password and the token appear in no output, report or
+    log line, and neither the other host nor the target registry is sent them."""
+    from tests.fake_upstream import make_proxy
+    from tests.test_migrate import migrate
+
+    password, token = "pw-Secr3t-1", "tok-Secr3t-2"
+    echo, moved, good = pkgname(), pkgname(), pkgname()
+    blob = helpers.kpm("moved")
+    source.packages = {echo: [Rel("1.0.0", helpers.kpm())], moved: [Rel("1.0.0", blob)],
+                       good: [Rel("1.0.0", helpers.kpm("good"))]}
+    elsewhere: list[str] = []
+
+    async def other_host(request: web.Request) -> web.StreamResponse:
+        elsewhere.append(request.headers.get("Authorization", ""))
+        return web.Response(body=blob)
+
+    other = web.Application()
+    other.router.add_get("/{tail:.*}", other_host)
+    other_url = str((await aiohttp_server(other)).make_url("/blob"))
+
+    async def login(request: web.Request) -> web.StreamResponse | None:
+        raw = await request.text()
+        if json.loads(raw)["user"]["username"] == "alice":
+            return web.json_response({"token": token})
+        return web.json_response({"error": f"bad login, you sent {raw}"}, status=401)
+
+    async def echoing(request: web.Request) -> web.StreamResponse | None:
+        if f"/{echo}" in request.path:
+            return web.Response(status=500, text=f"upstream said no to {request.headers.get('Authorization')}")
+        return None
+
+    async def redirect(request: web.Request) -> web.StreamResponse | None:
+        if f"/{moved}/" in request.path:
+            raise web.HTTPFound(other_url)
+        return None
+
+    source.override.update({"other": login, "manifests": echoing, "blob": redirect})
+    at_registry: list[str] = []
+    proxy = await aiohttp_server(make_proxy(registry.url, fail=lambda r: bool(
+        at_registry.append(r.headers.get("Authorization", ""))) and False))
+    target_url = str(proxy.make_url("")).rstrip("/")
+    outputs = []
+    for creds in (["--from-login", f"alice:{password}"], ["--from-basic", f"alice:{password}"],
+                  ["--from-token", token], ["--from-login", f"mallory:{password}"]):
+        report = tmp_path / "r.json"
+        report.unlink(missing_ok=True)
+        done = await asyncio.to_thread(migrate, "--from", source.url, *creds, "--package", echo, "--package", moved,
+                                       "--package", good, "--upstream", target_url, "--report", str(report),
+                                       "--log-level", "debug")
+        assert done.returncode == 1, done.stdout + done.stderr
+        outputs += [done.stdout, done.stderr, report.read_text() if report.exists() else ""]
+        if creds[1].startswith("alice") or creds[0] == "--from-token":
+            doc = json.loads(report.read_text())
+            assert {r["package"]: r["status"] in ("copied", "exists") for r in doc["releases"]} == {
+                moved: True, good: True}
+    sent = {auth for _, _, auth in source.requests}
+    assert any(token in a for a in sent) and any(a.startswith("Basic ") for a in sent)  # the source got them
+    basic = next(a for a in sent if a.startswith("Basic "))
+    for text in outputs:
+        for secret in (password, token, basic.split()[1]):
+            assert secret not in text, text
+    assert elsewhere and not any(elsewhere)
+    assert at_registry and not any(token in a or password in a for a in at_registry)
+
+
+def test_credentials_in_the_source_url_are_refused_without_echoing_them():
+    from tests.test_migrate import migrate
+
+    done = migrate("--from", "http://bob:hunter2@127.0.0.1:1", "--upstream", "http://127.0.0.1:2")
+    assert done.returncode == 2 and "--from-basic" in done.stderr
+    assert "hunter2" not in done.stdout + done.stderr
