@@ -139,18 +139,19 @@ def _bars(enabled: bool) -> tuple[Progress, Callable[[], None]]:
 
 
 class _Scrub(logging.Filter):
-    """Source credentials out of every log line (a source may echo them in an error we log)."""
+    """Source credentials out of every log line (a source may echo them in an error we log), and
+    control characters escaped."""
 
     def __init__(self, secrets: set[str]) -> None:
         super().__init__()
         self.secrets = secrets
 
     def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = printable(scrub(message, self.secrets))
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
         if self.secrets:
-            message = record.getMessage()
-            cleaned = scrub(message, self.secrets)
-            if cleaned != message:
-                record.msg, record.args = cleaned, None
             if record.exc_info and record.exc_info[1] is not None:
                 record.exc_text = scrub(logging.Formatter().formatException(record.exc_info), self.secrets)
                 record.exc_info = None
@@ -182,6 +183,12 @@ async def migrate(args: argparse.Namespace, settings: Settings, secrets: set[str
             close()
 
 
+def printable(text: str) -> str:
+    """Control characters (and other unprintables) escaped: a source's words reach a terminal, where an
+    escape sequence could clear the screen, rewrite lines or set the clipboard."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def _summary(report: Report, dry_run: bool) -> str:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(report.counts().items())) or "nothing"
     lines = [f"{'plan' if dry_run else 'migrated'} from {report.source}: {counts} in {report.seconds:.1f} s"]
@@ -194,7 +201,7 @@ def _summary(report: Report, dry_run: bool) -> str:
                      + (f": {c.detail}" if c.detail else ""))
     for name, why in report.packages_failed.items():
         lines.append(f"  failed   {name}: {why}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 def main(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
@@ -208,7 +215,7 @@ def main(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
     try:
         report = asyncio.run(migrate(args, settings, secrets))
     except SourceError as exc:  # the login to the source failed
-        print(f"cnr-oci migrate: {scrub(str(exc), secrets)}", file=sys.stderr)
+        print(f"cnr-oci migrate: {printable(scrub(str(exc), secrets))}", file=sys.stderr)
         return 1
     except (RegistryNotInstalled, RegistryStartFailed, RegistryError) as exc:  # the target registry
         print(f"cnr-oci migrate: the target registry: {exc}", file=sys.stderr)

@@ -555,3 +555,26 @@ def test_credentials_in_the_source_url_are_refused_without_echoing_them():
     done = migrate("--from", "http://bob:hunter2@127.0.0.1:1", "--upstream", "http://127.0.0.1:2")
     assert done.returncode == 2 and "--from-basic" in done.stderr
     assert "hunter2" not in done.stdout + done.stderr
+
+
+async def test_terminal_control_characters_from_the_source_are_not_printed(source, registry, tmp_path):
+    """Releases, names, media types and error texts from the source reach the terminal escaped: an
+    escape sequence could clear the screen, rewrite lines or set the clipboard (OSC 52)."""
+    from tests.test_migrate import migrate
+
+    name, erring = pkgname(), pkgname()
+    source.packages = {name: [Rel("1.0.0\x1b]52;c;ZXZpbA==\x07", helpers.kpm()),
+                              Rel("1.0.1", helpers.kpm("x"), media_type="k\x1b[2Jpm")],
+                       erring: [], "ns/\x1b[31mred": []}
+
+    async def erring_answer(request: web.Request) -> web.StreamResponse | None:
+        return web.Response(status=500, text="\x1b[2J\x1b[Hall good") if f"/{erring}" in request.path else None
+
+    source.override["manifests"] = erring_answer
+    report = tmp_path / "r.json"
+    done = await asyncio.to_thread(migrate, "--from", source.url, "--upstream", registry.url, "--report", str(report))
+    assert done.returncode == 1
+    assert "\x1b" not in done.stdout and "\x07" not in done.stdout, done.stdout
+    assert "\x1b" not in done.stderr and "\x07" not in done.stderr, done.stderr
+    assert "\\x1b" in done.stdout  # shown, escaped
+    assert "\x1b" in json.loads(report.read_text())["packages_failed"][erring]  # the report keeps the data
