@@ -109,6 +109,8 @@ class ReadModel:
         self._configs: LRUCache[str, tuple[dict[str, Any], int]] = LRUCache(CACHE_BYTES, getsizeof=lambda c: c[1])
         # The releases of a cached tag list, sorted: (that tag list, its releases), per identity.
         self._sorted: TTLCache[tuple[str, str], tuple[list[str], list[str]]] = TTLCache(TTL_ENTRIES, ttl)
+        # Migrated releases' old digests to their blobs, with the tag list they were read from.
+        self._old_digests: TTLCache[tuple[str, str], tuple[Any, dict[str, str]]] = TTLCache(TTL_ENTRIES, ttl)
         self._fanout = asyncio.Semaphore(fanout or DEFAULT_FANOUT)
         self._inflight: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
         # Run before a release listing: the write path settles tag writes of unknown outcome there.
@@ -308,9 +310,8 @@ class ReadModel:
         return Details(metadata, created)
 
     async def open_blob(self, pkg: Package, digest: str) -> blobs.BlobStream:
-        """A verified stream of one blob of the package; a digest the registry does not know may be
-        the one a migrated release had on its source server (appr hashed the tar, not the .tar.gz):
-        that release's blob is streamed instead.
+        """A verified stream of one blob of the package; a digest the registry does not know may be the
+        one a migrated release had on its source (appr hashed the tar): that release's blob is streamed.
 
         Raises:
             NotFound: neither the registry nor a migrated release knows the digest.
@@ -318,14 +319,32 @@ class ReadModel:
         try:
             return await self.client.open_blob(self.repo(pkg), digest)
         except upstream.NotFound:
-            migrated = await self._by_source_digest(pkg, digest)
+            migrated = (await self._source_digests(pkg)).get(digest)
             if migrated is None:
                 raise
-        return await self.client.open_blob(self.repo(pkg), str(migrated.layer["digest"]))
+        return await self.client.open_blob(self.repo(pkg), migrated)
 
-    async def _by_source_digest(self, pkg: Package, digest: str) -> Entry | None:
+    async def _source_digests(self, pkg: Package) -> dict[str, str]:
+        """old_digests of the package: a manifest read a release, so kept with its tag list, and shared."""
         try:
-            found = await self.all_entries(pkg, await self.releases(pkg))
+            releases = await self.releases(pkg)
         except errors.PackageNotFound:
-            return None
-        return next((e for e in found if layout.source_digest(e.manifest) == digest and e.layer.get("digest")), None)
+            return {}
+        key = (identity_key(), self.repo(pkg))
+        tags, memo = self._tags.get(key), self._old_digests.get(key)
+        if memo is None or memo[0] is not tags:
+            entries = await self.once(("old-digests", *key), lambda: self.all_entries(pkg, releases))
+            memo = self._old_digests[key] = (tags, old_digests(pkg, entries))
+        return memo[1]
+
+
+def old_digests(pkg: Package, entries: list[Entry]) -> dict[str, str]:
+    """Old digest to blob digest over migrated releases. One claimed by releases with other blobs
+    resolves to none: a direct push to the registry may have forged it (cnr-oci's pushes cannot)."""
+    claims: dict[str, set[str]] = {}
+    for e in entries:
+        if (old := layout.source_digest(e.manifest)) and isinstance(e.layer.get("digest"), str):
+            claims.setdefault(old, set()).add(e.layer["digest"])
+    if forged := sorted(d for d, found in claims.items() if len(found) > 1):
+        log.warning("%s: releases with other blobs claim the old digests %s: none resolves", pkg.full, forged)
+    return {old: found.pop() for old, found in claims.items() if len(found) == 1}

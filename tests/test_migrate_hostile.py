@@ -578,3 +578,77 @@ async def test_terminal_control_characters_from_the_source_are_not_printed(sourc
     assert "\x1b" not in done.stderr and "\x07" not in done.stderr, done.stderr
     assert "\\x1b" in done.stdout  # shown, escaped
     assert "\x1b" in json.loads(report.read_text())["packages_failed"][erring]  # the report keeps the data
+
+
+# -- old digests on the blob route ------------------------------------------------------------------------
+
+
+async def test_unknown_digests_asked_at_once_cost_one_scan_of_the_package(registry, make_client, aiohttp_server):
+    """GET /blobs/sha256/<unknown> on a package of many releases looks for a migrated release with that
+    old digest: concurrent and repeated asks share one scan, not one scan each (20 asks on 100
+    releases made 2000 manifest reads)."""
+    import secrets
+
+    from tests.fake_upstream import make_recorder
+
+    name = pkgname()
+    direct = await make_client(Settings(upstream=registry.url, cache_ttl=0))
+    assert (await direct.post(f"{API}/{name}", json=helpers.body(helpers.kpm(), "1.0.0"))).status == 200
+    m, _ = helpers.manifest(registry.url, name, "1.0.0")
+    n = 100
+    await asyncio.gather(*(asyncio.to_thread(helpers.put_manifest, registry.url, name, f"1.{i}.0", m)
+                           for i in range(1, n)))
+    seen: list[Any] = []
+    proxy = await aiohttp_server(make_recorder(registry.url, seen))
+    client = await make_client(Settings(upstream=str(proxy.make_url("")).rstrip("/"), cache_ttl=5))
+    asks = [client.get(f"{API}/{name}/blobs/sha256/{secrets.token_hex(32)}") for _ in range(20)]
+    assert {r.status for r in await asyncio.gather(*asks)} == {404}
+    for _ in range(10):
+        assert (await client.get(f"{API}/{name}/blobs/sha256/{secrets.token_hex(32)}")).status == 404
+    manifests = sum(1 for _, path, _ in seen if "/manifests/" in path)
+    assert manifests <= n + 5, manifests
+
+
+@pytest.fixture
+async def migrated(source, registry, target) -> tuple[str, str, bytes, Any]:
+    """A release migrated from an appr-like source: its old digest is its tar's."""
+    import gzip
+
+    name = pkgname()
+    blob = helpers.kpm("victim")
+    old = helpers.sha(gzip.decompress(blob))
+    source.packages[name] = [Rel("1.0.0", blob, digest=old)]
+    report = await run(source, registry, [name])
+    assert status_of(report) == {(name, "1.0.0", "kpm"): "copied"}
+    client = await target()
+    assert await (await client.get(f"{API}/{name}/blobs/sha256/{old}")).read() == blob
+    return name, old, blob, client
+
+
+async def test_a_push_cannot_forge_an_old_digest(migrated):
+    """A chart whose Chart.yaml annotations, or a package whose metadata, name cnr-oci's source-digest
+    key, pushed at a higher release: the old digest still resolves to the migrated blob."""
+    name, old, blob, client = migrated
+    short = name.split("/")[1]
+    forged = "vnd.cnr.package.source-digest"
+    chart_yaml = (f"apiVersion: v2\nname: {short}\nversion: 9.0.0\nannotations:\n  {forged}: sha256:{old}\n"
+                  f"  vnd.cnr.package.source-digest-of: tar\n").encode()
+    chart = helpers.tarball({f"{short}/Chart.yaml": chart_yaml})
+    for body in (helpers.body(chart, "9.0.0", "helm"),
+                 helpers.body(helpers.kpm("evil"), "9.1.0", "kpm", metadata={forged: f"sha256:{old}"}),
+                 helpers.body(helpers.kpm("evil2"), "9.2.0", "helm", metadata={forged: f"sha256:{old}"})):
+        assert (await client.post(f"{API}/{name}", json=body)).status == 200
+    assert await (await client.get(f"{API}/{name}/blobs/sha256/{old}")).read() == blob
+
+
+async def test_an_old_digest_claimed_by_two_releases_with_other_bytes_resolves_to_neither(migrated, registry):
+    """Someone who can write to the registry directly tags a manifest claiming the old digest, at a
+    higher release: the claim is ambiguous, so the route answers 404 rather than maybe the wrong bytes."""
+    name, old, blob, client = migrated
+    m, _ = helpers.manifest(registry.url, name, "1.0.0")
+    evil = helpers.kpm("evil")
+    helpers.put_blob(registry.url, name, evil)
+    m["layers"][0] = {**m["layers"][0], "digest": "sha256:" + helpers.sha(evil), "size": len(evil)}
+    helpers.put_manifest(registry.url, name, "9.0.0", m)
+    resp = await client.get(f"{API}/{name}/blobs/sha256/{old}")
+    assert resp.status == 404, await resp.read()
