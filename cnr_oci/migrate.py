@@ -84,7 +84,7 @@ class Report:
 
     def as_json(self) -> dict[str, Any]:
         return {"source": self.source, "ok": self.ok, "seconds": round(self.seconds, 3), "counts": self.counts(),
-                "packages_failed": self.packages_failed, "releases": [asdict(o) for o in self.releases],
+                "packages_failed": dict(sorted(self.packages_failed.items())), "releases": [asdict(o) for o in self.releases],
                 "channels": [asdict(c) for c in self.channels]}
 
 
@@ -132,22 +132,27 @@ class Migration:
                     names |= set(await self.source.packages(ns))
                 except SourceError as exc:
                     self.report.packages_failed[f"{ns or '*'}/*"] = str(exc)
-        listed: list[tuple[Package, list[SourceRelease]]] = []
-        for name in sorted(names):
-            ns, _, short = name.partition("/")
-            try:  # before any request names it: "../x" or "a/b?c" would be another path on the source
-                pkg = mapping.parse_package(ns, short, self.store.read.prefix)
-                listed.append((pkg, await self.source.releases(name)))
-            except errors.CnrError as exc:
-                self.report.packages_failed[name] = exc.message
-            except SourceError as exc:
-                self.report.packages_failed[name] = str(exc)
+        found = await asyncio.gather(*(self._listing(name) for name in sorted(names)))
+        listed = [x for x in found if x is not None]
         self.progress.total(sum(len(r) for _, r in listed),
                             sum(max(0, x.size or 0) for _, r in listed for x in r))
         with tempfile.TemporaryDirectory(prefix="cnr-oci-migrate-", dir=self.workdir) as tmp:
             await asyncio.gather(*(self._package(pkg, rels, Path(tmp)) for pkg, rels in listed))
         self.report.seconds = time.monotonic() - start
         return self.report
+
+    async def _listing(self, name: str) -> tuple[Package, list[SourceRelease]] | None:
+        """A package's releases (E8), listed --jobs at a time; None when that fails (reported)."""
+        ns, _, short = name.partition("/")
+        try:  # before any request names it: "../x" or "a/b?c" would be another path on the source
+            pkg = mapping.parse_package(ns, short, self.store.read.prefix)
+            async with self._slots:
+                return pkg, await self.source.releases(name)
+        except errors.CnrError as exc:
+            self.report.packages_failed[name] = exc.message
+        except SourceError as exc:
+            self.report.packages_failed[name] = str(exc)
+        return None
 
     async def _package(self, pkg: Package, rels: list[SourceRelease], tmp: Path) -> None:
         name = pkg.full

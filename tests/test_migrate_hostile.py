@@ -652,3 +652,54 @@ async def test_an_old_digest_claimed_by_two_releases_with_other_bytes_resolves_t
     helpers.put_manifest(registry.url, name, "9.0.0", m)
     resp = await client.get(f"{API}/{name}/blobs/sha256/{old}")
     assert resp.status == 404, await resp.read()
+
+
+# -- listings, at scale -----------------------------------------------------------------------------------
+
+
+async def test_deep_or_oversized_listings_fail_their_package_alone(source, registry, monkeypatch):
+    from cnr_oci import cnrsource
+
+    monkeypatch.setattr(cnrsource, "MAX_LISTING", 1024 * 1024)
+    deep, huge, good = pkgname(), pkgname(), pkgname()
+    source.packages = {deep: [], huge: [], good: [Rel("1.0.0", helpers.kpm())]}
+
+    async def hostile(request: web.Request) -> web.StreamResponse | None:
+        if request.path.endswith(deep):
+            return web.Response(text="[" * 100_000 + "]" * 100_000, content_type="application/json")
+        if request.path.endswith(huge):
+            return web.Response(text="[" + ",".join(["{}"] * 1_000_000) + "]", content_type="application/json")
+        return None
+
+    source.override["manifests"] = hostile
+    report = await run(source, registry, [deep, huge, good])
+    assert "deeper" in report.packages_failed[deep]
+    assert "larger than" in report.packages_failed[huge]
+    assert status_of(report) == {(good, "1.0.0", "kpm"): "copied"}
+
+
+async def test_slow_listings_are_read_side_by_side(source, registry):
+    """E8 listings go out --jobs at a time: ten packages whose listings take 0.5 s each are listed in
+    about 0.5 s with 10 jobs, not 5 s one after another."""
+    names = [pkgname() for _ in range(10)]
+    source.packages = {n: [Rel("1.0.0", helpers.kpm(n))] for n in names}
+
+    async def slow(request: web.Request) -> web.StreamResponse | None:
+        await asyncio.sleep(0.5)
+        return None
+
+    source.override["manifests"] = slow
+    start = asyncio.get_running_loop().time()
+    report = await run(source, registry, names, jobs=10)
+    assert set(status_of(report).values()) == {"copied"}
+    assert asyncio.get_running_loop().time() - start < 3.5
+
+
+async def test_64_jobs(source, registry, target):
+    names = [pkgname() for _ in range(40)]
+    source.packages = {n: [Rel("1.0.0", helpers.kpm(n)), Rel("1.1.0", helpers.chart(n.split("/")[1], "1.1.0"),
+                                                              media_type="helm")] for n in names}
+    source.channels = {n: [{"name": "stable", "current": "1.1.0", "releases": ["1.0.0", "1.1.0"]}] for n in names}
+    report = await run(source, registry, names, jobs=64)
+    assert report.ok and set(status_of(report).values()) == {"copied"} and len(report.releases) == 80
+    assert {c.status for c in report.channels} == {"written"}
