@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -208,6 +209,10 @@ def main(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
     if args.jobs < 1 or args.jobs > 64:
         print("cnr-oci migrate: --jobs must be between 1 and 64", file=sys.stderr)
         return 2
+    report_to = Path(args.report) if args.report else None
+    if report_to is not None and (report_to.is_dir() or not os.access(report_to.parent, os.W_OK)):
+        print(f"cnr-oci migrate: --report: cannot write {report_to}", file=sys.stderr)  # before hours of work
+        return 2
     secrets: set[str] = set()
     scrubber = _Scrub(secrets)
     for handler in logging.getLogger().handlers:
@@ -221,6 +226,10 @@ def main(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
         print(f"cnr-oci migrate: the target registry: {exc}", file=sys.stderr)
         return 1
     print(scrub(_summary(report, args.dry_run), secrets))
-    if args.report:
-        Path(args.report).write_text(scrub(json.dumps(report.as_json(), indent=2), secrets))
+    if report_to is not None:
+        try:
+            report_to.write_text(scrub(json.dumps(report.as_json(), indent=2), secrets))
+        except OSError as exc:
+            print(f"cnr-oci migrate: --report: {exc}", file=sys.stderr)
+            return 1
     return 0 if report.ok else 1

@@ -703,3 +703,11 @@ async def test_64_jobs(source, registry, target):
     report = await run(source, registry, names, jobs=64)
     assert report.ok and set(status_of(report).values()) == {"copied"} and len(report.releases) == 80
     assert {c.status for c in report.channels} == {"written"}
+
+
+def test_a_report_path_that_cannot_be_written_is_a_usage_error_before_anything_moves(tmp_path):
+    from tests.test_migrate import migrate
+
+    for path in (tmp_path / "missing" / "r.json", tmp_path):
+        done = migrate("--from", "http://127.0.0.1:1", "--upstream", "http://127.0.0.1:2", "--report", str(path))
+        assert done.returncode == 2 and "--report" in done.stderr and "Traceback" not in done.stderr, done.stderr
