@@ -111,7 +111,7 @@ async def run(src: FakeSource, registry: Any, packages: list[str] | None = None,
     """A migration in process, as `cnr-oci migrate --from src --upstream registry` runs it."""
     settings = settings or Settings(upstream=registry.url, cache_ttl=0)
     timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout)
-    async with open_backend(settings, registry.url, Metrics()) as backend, \
+    async with open_backend(settings, settings.upstream or registry.url, Metrics()) as backend, \
             aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
         m = Migration(backend.store, CnrSource(session, src.url), jobs=jobs, workdir=workdir, **kwargs)
         return await m.run([], packages or [])
@@ -711,3 +711,41 @@ def test_a_report_path_that_cannot_be_written_is_a_usage_error_before_anything_m
     for path in (tmp_path / "missing" / "r.json", tmp_path):
         done = migrate("--from", "http://127.0.0.1:1", "--upstream", "http://127.0.0.1:2", "--report", str(path))
         assert done.returncode == 2 and "--report" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("shared_lock", [
+    True,
+    pytest.param(False, marks=pytest.mark.xfail(strict=True, reason="the package lock is per process: without "
+                                                "--redis-url the later tag write drops the other's entry")),
+], ids=["redis", "no-redis"])
+async def test_a_push_while_a_migration_writes_the_same_release_keeps_both(source, registry, make_client,
+                                                                           aiohttp_server, shared_lock, request):
+    """The migration writes 1.0.0 (kpm) while `cnr-oci serve` takes a push of 1.0.0 (helm), its tag write
+    held back until the push is in: with a shared lock (--redis-url) the release ends with both."""
+    from tests.fake_upstream import _forward, _forwarding_app
+
+    redis_url = request.getfixturevalue("redis_server") if shared_lock else None
+    name = pkgname()
+    short = name.split("/")[1]
+    source.packages[name] = [Rel("1.0.0", helpers.kpm("migrated"))]
+    settings = Settings(upstream=registry.url, cache_ttl=0, redis_url=redis_url)
+    server = await make_client(settings)
+    held_back: list[asyncio.Task[Any]] = []
+
+    async def handle(req: web.Request) -> web.StreamResponse:
+        if req.method == "PUT" and req.path.endswith("/manifests/1.0.0") and not held_back:
+            held_back.append(asyncio.create_task(server.post(
+                f"{API}/{name}", json=helpers.body(helpers.chart(short, "1.0.0"), "1.0.0", "helm"))))
+            await asyncio.sleep(1.0)
+        up, payload = await _forward(req, registry.url)
+        return web.Response(status=up.status, headers={k: v for k, v in up.headers.items()
+                                                       if k not in ("Content-Length", "Transfer-Encoding")},
+                            body=payload)
+
+    proxy = await aiohttp_server(_forwarding_app(handle))
+    url = str(proxy.make_url("")).rstrip("/")
+    report = await run(source, registry, [name], settings=Settings(upstream=url, cache_ttl=0, redis_url=redis_url))
+    pushed = await held_back[0]
+    assert pushed.status == 200, await pushed.text()
+    listed = await (await server.get(f"{API}/{name}/1.0.0")).json()
+    assert sorted(m["mediaType"].split(".")[-3] for m in listed) == ["helm", "kpm"], (listed, report.releases)
