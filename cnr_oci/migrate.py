@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import mmap
 import os
@@ -101,8 +102,15 @@ def _chart_of(path: Path, size: int) -> dict[str, Any] | None:
     """Chart.yaml of a spooled helm blob, read through a memory map (nothing held whole; run in a thread)."""
     if size == 0:
         raise errors.InvalidUsage("blob is empty")
-    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-        return archive.inspect_tarball(mapped, "helm")
+    with path.open("rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            return archive.inspect_tarball(mapped, "helm")
+        finally:
+            # A refused chart's error holds the scanner's view of the map in its traceback: closing
+            # then raises BufferError, which would replace the error (and crashed whole runs).
+            with contextlib.suppress(BufferError):
+                mapped.close()
 
 
 class Migration:

@@ -4,7 +4,6 @@ stall, flood and crash, a migration run in process against the real registry, an
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -15,7 +14,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from cnr_oci import migrate as migrate_mod
 from cnr_oci.app import open_backend
 from cnr_oci.cnrsource import CnrSource
 from cnr_oci.metrics import Metrics
@@ -344,11 +342,14 @@ async def test_a_blob_that_matches_its_digest_but_is_not_a_chart_is_refused_or_k
         Rel("1.2.0", helpers.tarball({f"{short}/Chart.yaml": deep}), media_type="helm"),
         Rel("1.3.0", helpers.tarball({"bundle/x.yaml": b"a: 1\n"}), media_type="helm"),
         Rel("1.4.0", helpers.chart(short, "1.4.0"), media_type="helm"),
+        Rel("1.5.0", b"plain text, not gzip"),  # kpm: verified bytes are kept as the source served them
     ]
     report = await run(source, registry, [name])
     assert status_of(report) == {(name, "1.0.0", "helm"): "failed", (name, "1.1.0", "helm"): "failed",
                                  (name, "1.2.0", "helm"): "failed", (name, "1.3.0", "helm"): "copied",
-                                 (name, "1.4.0", "helm"): "copied"}
+                                 (name, "1.4.0", "helm"): "copied", (name, "1.5.0", "kpm"): "copied"}
+    details = {o.release: o.detail for o in report.releases}
+    assert "aliases" in details["1.1.0"] and "nest" in details["1.2.0"] and "gzip" in details["1.0.0"]
 
 
 def trickle(blob: bytes, pieces: int = 20, delay: float = 0.02) -> Handler:
