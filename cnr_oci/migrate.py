@@ -85,8 +85,8 @@ class Report:
 
     def as_json(self) -> dict[str, Any]:
         return {"source": self.source, "ok": self.ok, "seconds": round(self.seconds, 3), "counts": self.counts(),
-                "packages_failed": dict(sorted(self.packages_failed.items())), "releases": [asdict(o) for o in self.releases],
-                "channels": [asdict(c) for c in self.channels]}
+                "packages_failed": dict(sorted(self.packages_failed.items())),
+                "releases": [asdict(o) for o in self.releases], "channels": [asdict(c) for c in self.channels]}
 
 
 @dataclass

@@ -152,10 +152,9 @@ class _Scrub(logging.Filter):
         cleaned = printable(scrub(message, self.secrets))
         if cleaned != message:
             record.msg, record.args = cleaned, None
-        if self.secrets:
-            if record.exc_info and record.exc_info[1] is not None:
-                record.exc_text = scrub(logging.Formatter().formatException(record.exc_info), self.secrets)
-                record.exc_info = None
+        if self.secrets and record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info), self.secrets)
+            record.exc_info = None
         return True
 
 

@@ -645,7 +645,7 @@ async def test_a_push_cannot_forge_an_old_digest(migrated):
 async def test_an_old_digest_claimed_by_two_releases_with_other_bytes_resolves_to_neither(migrated, registry):
     """Someone who can write to the registry directly tags a manifest claiming the old digest, at a
     higher release: the claim is ambiguous, so the route answers 404 rather than maybe the wrong bytes."""
-    name, old, blob, client = migrated
+    name, old, _, client = migrated
     m, _ = helpers.manifest(registry.url, name, "1.0.0")
     evil = helpers.kpm("evil")
     helpers.put_blob(registry.url, name, evil)
