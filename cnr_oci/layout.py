@@ -159,7 +159,10 @@ def rfc3339(value: Any) -> str | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except OverflowError:  # 9999-12-31T23:59:59-01:00 is in year 10000 in UTC
+        return None
 
 
 def source_digest(doc: dict[str, Any]) -> str | None:

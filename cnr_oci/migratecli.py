@@ -19,10 +19,11 @@ import aiohttp
 
 from cnr_oci.app import Backend, open_backend
 from cnr_oci.auth import IDENTITY
-from cnr_oci.cnrsource import CnrSource, SourceError
+from cnr_oci.cnrsource import MAX_BLOB, CnrSource, SourceError, scrub
 from cnr_oci.embedded import EmbeddedRegistry, RegistryNotInstalled, RegistryStartFailed, has_users, htpasswd_path
 from cnr_oci.metrics import Metrics
-from cnr_oci.migrate import Migration, Outcome, Progress, Report
+from cnr_oci.migrate import Migration
+from cnr_oci.migratereport import Outcome, Progress, Report
 from cnr_oci.settings import Settings
 from cnr_oci.upstream import RegistryError
 
@@ -41,6 +42,14 @@ def _credentials(value: str) -> tuple[str, str]:
     return user, password
 
 
+def _size(value: str) -> int:
+    m = re.fullmatch(r"(\d+)([kKmMgG]?)(?:i?B)?", value)
+    if not m or int(m.group(1)) < 1:
+        raise argparse.ArgumentTypeError("expected a size in bytes, such as 4294967296 or 4G")
+    unit: int = 1024 ** " kmg".index(str(m.group(2)).lower() or " ")
+    return int(m.group(1)) * unit
+
+
 def _package(value: str) -> str:
     if not _PACKAGE.match(value):
         raise argparse.ArgumentTypeError(f"expected NAMESPACE/NAME, not {value!r}")
@@ -50,6 +59,8 @@ def _package(value: str) -> str:
 def _source_url(value: str) -> str:
     if not re.match(r"^https?://[^/]+", value):
         raise argparse.ArgumentTypeError("--from must be an http:// or https:// URL")
+    if "@" in value.split("/")[2]:  # the URL is printed and reported: credentials go in their own flags
+        raise argparse.ArgumentTypeError("--from takes no USER:PASSWORD@; use --from-basic or --from-login")
     return value.rstrip("/")
 
 
@@ -72,6 +83,9 @@ def add_parser(sub: Any, flags: list[tuple[str, str, Callable[[str], Any], str]]
     p.add_argument("--force", action="store_true", help="overwrite releases the target holds with other bytes")
     p.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")
     p.add_argument("--report", help="write a JSON report of every release and channel to this file")
+    p.add_argument("--max-blob-size", type=_size, default=MAX_BLOB,
+                   help="fail a release whose blob is larger, without reading the rest (bytes, or with K, M, G; "
+                        "default 1G)")
     p.add_argument("--workdir", help="where blobs are spooled while they move (default: the system's temp dir)")
     p.add_argument("--progress", choices=("auto", "bars", "lines"), default="auto",
                    help="progress bars (default on a terminal) or log lines")
@@ -145,7 +159,29 @@ async def _check_target(backend: Backend) -> None:
         raise TargetRefused(f"the target registry refuses the credentials given: {exc}") from exc
 
 
-async def migrate(args: argparse.Namespace, settings: Settings, holder: dict[str, Migration]) -> Report:
+
+
+class _Scrub(logging.Filter):
+    """Source credentials out of every log line (a source may echo them in an error we log), and
+    control characters escaped."""
+
+    def __init__(self, secrets: set[str]) -> None:
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = printable(scrub(message, self.secrets))
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if self.secrets and record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info), self.secrets)
+            record.exc_info = None
+        return True
+
+
+async def migrate(args: argparse.Namespace, settings: Settings, holder: dict[str, Migration],
+                  secrets: set[str] | None = None) -> Report:
     timeout = aiohttp.ClientTimeout(total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout)
     bars = args.progress == "bars" or (args.progress == "auto" and sys.stderr.isatty())
     progress, close = _bars(bars)
@@ -160,6 +196,8 @@ async def migrate(args: argparse.Namespace, settings: Settings, holder: dict[str
         IDENTITY.set(backend.service_credentials)
         await _check_target(backend)
         source = CnrSource(session, args.source, args.from_prefix)
+        if secrets is not None:
+            source.secrets = secrets  # the caller's set: it scrubs what it prints with it
         if args.from_token:
             source.use_token(args.from_token)
         elif args.from_basic:
@@ -168,12 +206,18 @@ async def migrate(args: argparse.Namespace, settings: Settings, holder: dict[str
             await source.login(*args.from_login)
         workdir = Path(args.workdir) if args.workdir else None
         run = Migration(backend.store, source, jobs=args.jobs, force=args.force, dry_run=args.dry_run,
-                        workdir=workdir, progress=progress)
+                        workdir=workdir, progress=progress, max_blob=args.max_blob_size)
         holder["run"] = run
         try:
             return await run.run(args.namespace, args.package)
         finally:
             close()
+
+
+def printable(text: str) -> str:
+    """Control characters (and other unprintables) escaped: a source's words reach a terminal, where an
+    escape sequence could clear the screen, rewrite lines or set the clipboard."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _summary(report: Report, dry_run: bool) -> str:
@@ -190,7 +234,7 @@ def _summary(report: Report, dry_run: bool) -> str:
                      + (f": {c.detail}" if c.detail else ""))
     for name, why in report.packages_failed.items():
         lines.append(f"  failed   {name}: {why}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 def _usage_problem(args: argparse.Namespace) -> str | None:
@@ -201,17 +245,17 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
         return f"--workdir {args.workdir}: no such directory"
     if args.report:
         parent = Path(args.report).resolve().parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
+        if Path(args.report).is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
             return f"--report {args.report}: cannot write there"
     return None
 
 
-def _write_report(path: str | None, report: Report, interrupted: bool = False) -> None:
+def _write_report(path: str | None, report: Report, secrets: set[str], interrupted: bool = False) -> None:
     if path:
         doc = report.as_json()
         if interrupted:
             doc.update(ok=False, interrupted=True)
-        Path(path).write_text(json.dumps(doc, indent=2))
+        Path(path).write_text(scrub(json.dumps(doc, indent=2), secrets))
 
 
 def main(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str]) -> int:
@@ -219,26 +263,34 @@ def main(args: argparse.Namespace, settings: Settings, environ: Mapping[str, str
     if problem:
         print(f"cnr-oci migrate: {problem}", file=sys.stderr)
         return 2
+    secrets: set[str] = set()
+    scrubber = _Scrub(secrets)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(scrubber)
     holder: dict[str, Migration] = {}
     try:
-        report = asyncio.run(migrate(args, settings, holder))
+        report = asyncio.run(migrate(args, settings, holder, secrets))
     except (KeyboardInterrupt, asyncio.CancelledError):
         partial = holder["run"].report if "run" in holder else None
         print("cnr-oci migrate: interrupted; what finished is in place: run the same command again to go on",
               file=sys.stderr)
         if partial is not None:
-            print(_summary(partial, args.dry_run))
-            _write_report(args.report, partial, interrupted=True)
+            print(scrub(_summary(partial, args.dry_run), secrets))
+            _write_report(args.report, partial, secrets, interrupted=True)
         return 130
     except TargetRefused as exc:
         print(f"cnr-oci migrate: {exc}", file=sys.stderr)
         return 2
     except SourceError as exc:  # the login to the source failed
-        print(f"cnr-oci migrate: {exc}", file=sys.stderr)
+        print(f"cnr-oci migrate: {printable(scrub(str(exc), secrets))}", file=sys.stderr)
         return 1
     except (RegistryNotInstalled, RegistryStartFailed, RegistryError) as exc:  # the target registry
         print(f"cnr-oci migrate: the target registry: {exc}", file=sys.stderr)
         return 1
-    print(_summary(report, args.dry_run))
-    _write_report(args.report, report)
+    print(scrub(_summary(report, args.dry_run), secrets))
+    try:
+        _write_report(args.report, report, secrets)
+    except OSError as exc:
+        print(f"cnr-oci migrate: --report: {exc}", file=sys.stderr)
+        return 1
     return 0 if report.ok else 1

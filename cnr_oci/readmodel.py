@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from cachetools import LRUCache, TTLCache
 
 from cnr_oci import blobs, errors, layout, mapping, oci, safejson, schemas, upstream
 from cnr_oci.auth import identity_key
+from cnr_oci.entries import Contents, Details, Entry, parse_stored
 from cnr_oci.layout import Manifest
 from cnr_oci.mapping import Package
 
@@ -28,60 +28,6 @@ CACHE_ENTRIES = 8192
 TTL_ENTRIES = 100_000
 # Configs larger than this are parsed and schema-checked in a worker thread.
 OFF_LOOP = 64 * 1024
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One (release, media type) of a package, as stored."""
-
-    release: str
-    media_type: str
-    digest: str
-    manifest: dict[str, Any]
-    layer: dict[str, Any]
-
-    @property
-    def created(self) -> str | None:
-        return layout.manifest_created(self.manifest)
-
-
-@dataclass
-class Contents:
-    """What one release tag holds: the top manifest and its children.
-
-    ``children`` are index entries (a single manifest counts as one child);
-    ``packages`` maps each CNR media type to its child descriptor and manifest.
-    """
-
-    top: Manifest | None
-    children: list[dict[str, Any]]
-    packages: dict[str, tuple[dict[str, Any], Manifest]]
-
-
-@dataclass(frozen=True)
-class Details:
-    """What a release carries beside its blob: CNR metadata and when it was created."""
-
-    metadata: Any
-    created: str | None
-
-
-def parse_stored(raw: bytes, schema: str, where: str) -> dict[str, Any]:
-    """A config blob read back from the registry, checked against its schema.
-
-    Raises:
-        InvalidDocument: it is not JSON, nests too deep, or does not match its schema.
-    """
-    try:
-        doc = safejson.load_json(raw, "config")
-    except errors.CnrError as exc:
-        raise upstream.InvalidDocument(f"config {where}: {exc.message}") from exc
-    problem = schemas.first_error(schema, doc)
-    if problem:
-        raise upstream.InvalidDocument(
-            f"stored document at {where} does not match schema {schema}: {problem[0] or '(root)'}: {problem[1]}"
-        )
-    return doc  # type: ignore[no-any-return]
 
 
 def _weight(raw_size: int) -> int:
@@ -117,6 +63,8 @@ class ReadModel:
                                                                             getsizeof=lambda c: _weight(c[1]))
         # The releases of a cached tag list, sorted: (that tag list, its releases), per identity.
         self._sorted: TTLCache[tuple[str, str], tuple[list[str], list[str]]] = TTLCache(TTL_ENTRIES, ttl)
+        # Migrated releases' old digests to their blobs, with the tag list they were read from.
+        self._old_digests: TTLCache[tuple[str, str], tuple[Any, dict[str, str]]] = TTLCache(TTL_ENTRIES, ttl)
         self._fanout = asyncio.Semaphore(fanout or DEFAULT_FANOUT)
         self._inflight: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
         # Run before a release listing: the write path settles tag writes of unknown outcome there.
@@ -316,27 +264,41 @@ class ReadModel:
         return Details(metadata, created)
 
     async def open_blob(self, pkg: Package, digest: str) -> blobs.BlobStream:
-        """A verified stream of one blob of the package; a digest the registry does not know may be
-        the one a migrated release had on its source server (appr hashed the tar, not the .tar.gz):
-        that release's blob is streamed instead.
-
-        Raises:
-            PackageNotFound: neither the registry nor a migrated release knows the digest; it is named.
-        """
+        """A verified stream of one blob of the package; a digest the registry does not know may be the one
+        a migrated release had on its source (appr hashed the tar): that release's blob is streamed. 404
+        (PackageNotFound, the digest named) when neither knows it."""
         try:
             return await self.client.open_blob(self.repo(pkg), digest)
         except upstream.NotFound as exc:
-            migrated = await self._by_source_digest(pkg, digest)
+            migrated = (await self._source_digests(pkg)).get(digest)
             if migrated is None:
                 raise errors.PackageNotFound(
                     f"blob {digest} not found in {pkg.full}",
                     {"package": pkg.full, "release": digest, "media_type": None},
                 ) from exc
-        return await self.client.open_blob(self.repo(pkg), str(migrated.layer["digest"]))
+        return await self.client.open_blob(self.repo(pkg), migrated)
 
-    async def _by_source_digest(self, pkg: Package, digest: str) -> Entry | None:
+    async def _source_digests(self, pkg: Package) -> dict[str, str]:
+        """old_digests of the package: a manifest read a release, so kept with its tag list, and shared."""
         try:
-            found = await self.all_entries(pkg, await self.releases(pkg))
+            releases = await self.releases(pkg)
         except errors.PackageNotFound:
-            return None
-        return next((e for e in found if layout.source_digest(e.manifest) == digest and e.layer.get("digest")), None)
+            return {}
+        key = (identity_key(), self.repo(pkg))
+        tags, memo = self._tags.get(key), self._old_digests.get(key)
+        if memo is None or memo[0] is not tags:
+            entries = await self.once(("old-digests", *key), lambda: self.all_entries(pkg, releases))
+            memo = self._old_digests[key] = (tags, old_digests(pkg, entries))
+        return memo[1]
+
+
+def old_digests(pkg: Package, entries: list[Entry]) -> dict[str, str]:
+    """Old digest to blob digest over migrated releases. One claimed by releases with other blobs
+    resolves to none: a direct push to the registry may have forged it (cnr-oci's pushes cannot)."""
+    claims: dict[str, set[str]] = {}
+    for e in entries:
+        if (old := layout.source_digest(e.manifest)) and isinstance(e.layer.get("digest"), str):
+            claims.setdefault(old, set()).add(e.layer["digest"])
+    if forged := sorted(d for d, found in claims.items() if len(found) > 1):
+        log.warning("%s: releases with other blobs claim the old digests %s: none resolves", pkg.full, forged)
+    return {old: found.pop() for old, found in claims.items() if len(found) == 1}

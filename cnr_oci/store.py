@@ -6,9 +6,10 @@ from cnr_oci import errors, oci
 from cnr_oci.auth import IDENTITY, Credentials
 from cnr_oci.catalog import Catalog
 from cnr_oci.channels import Channels
+from cnr_oci.entries import Details, Entry
 from cnr_oci.locks import PackageLocks
 from cnr_oci.mapping import Package
-from cnr_oci.readmodel import Details, Entry, ReadModel
+from cnr_oci.readmodel import ReadModel
 from cnr_oci.writepath import WritePath
 
 

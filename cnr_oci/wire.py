@@ -10,8 +10,8 @@ from aiohttp import web
 from cnr_oci import errors, layout
 from cnr_oci.catalog import Summary
 from cnr_oci.channels import Channel
+from cnr_oci.entries import Details, Entry
 from cnr_oci.mapping import Package
-from cnr_oci.readmodel import Details, Entry
 
 
 def manifest_media_type(media_type: str) -> str:

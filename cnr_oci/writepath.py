@@ -17,10 +17,11 @@ from cachetools import LRUCache
 from cnr_oci import blobs, errors, helm, layout, mapping, upstream
 from cnr_oci.archive import PushInput
 from cnr_oci.auth import IDENTITY, Credentials
+from cnr_oci.entries import Contents
 from cnr_oci.layout import Manifest
 from cnr_oci.locks import PackageLocks
 from cnr_oci.mapping import Package
-from cnr_oci.readmodel import Contents, ReadModel
+from cnr_oci.readmodel import ReadModel
 from cnr_oci.transport import Body
 
 log = logging.getLogger(__name__)
