@@ -21,6 +21,7 @@ from cnr_oci.app import Backend, open_backend
 from cnr_oci.auth import IDENTITY
 from cnr_oci.cnrsource import MAX_BLOB, CnrSource, SourceError, scrub
 from cnr_oci.embedded import EmbeddedRegistry, RegistryNotInstalled, RegistryStartFailed, has_users, htpasswd_path
+from cnr_oci.errors import CnrOciError
 from cnr_oci.metrics import Metrics
 from cnr_oci.migrate import Migration
 from cnr_oci.migratereport import Outcome, Progress, Report
@@ -141,7 +142,7 @@ def _bars(enabled: bool) -> tuple[Progress, Callable[[], None]]:
     return Progress(total, done, moved), close
 
 
-class TargetRefused(Exception):
+class TargetRefused(CnrOciError):
     """The target registry wants credentials that were not given, or refuses those given."""
 
 
