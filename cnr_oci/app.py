@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from cnr_oci import appkeys, logsafe, middleware, ops, routes
+from cnr_oci import appkeys, helmroutes, logsafe, middleware, ops, routes
 from cnr_oci.auth import Credentials, TokenCodec, load_secret, service_credentials
 from cnr_oci.embedded import EmbeddedRegistry, has_users, htpasswd_path
 from cnr_oci.locks import PackageLocks
@@ -158,4 +158,5 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(client_ctx)
     ops.setup_ops_routes(app)
     routes.setup_routes(app)
+    helmroutes.setup_helm_routes(app)
     return app

@@ -162,6 +162,11 @@ def check_digest(value: str) -> str:
     return value
 
 
+def semver_key(release: str) -> Any:
+    """A strict SemVer release's sort key (SemVer precedence)."""
+    return semantic_version.Version(release)
+
+
 def sort_releases(releases: Iterable[str]) -> list[str]:
     """SemVer descending; build metadata breaks ties so the order is total."""
     return sorted(

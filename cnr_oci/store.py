@@ -7,6 +7,7 @@ from cnr_oci.auth import IDENTITY, Credentials
 from cnr_oci.catalog import Catalog
 from cnr_oci.channels import Channels
 from cnr_oci.entries import Details, Entry
+from cnr_oci.helmrepo import HelmRepository
 from cnr_oci.locks import PackageLocks
 from cnr_oci.mapping import Package
 from cnr_oci.readmodel import ReadModel
@@ -24,6 +25,7 @@ class Store:
         self.write = WritePath(self.read, locks)
         self.channels = Channels(self.read, self.write)
         self.catalog = Catalog(self.read)
+        self.helm = HelmRepository(self.read, self.catalog)
 
     async def login(self, username: str, password: str) -> Credentials | None:
         """The credentials a login token should carry: None when the registry asks nobody for any.

@@ -22,6 +22,7 @@ from cnr_oci.settings import Settings
 from tests.appr_server import ApprServer
 from tests.appr_server import installed as appr_server_installed
 from tests.clients.install_appr_server import main as install_appr_server
+from tests.helmcli import helm  # noqa: F401  (registers the fixture for every test module)
 from tests.helpers import body, kpm, unique
 
 

@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
-import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +19,8 @@ import oras.client
 import pytest
 
 from tests import helpers
-from tests.clients.common import ROOT
 from tests.conftest import LiveServer
+from tests.helmcli import Helm
 from tests.helpers import body, kpm, unique
 
 API = "/cnr/api/v1/packages"
@@ -34,38 +30,6 @@ HELM_LAYER = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
 DOCUMENTED = {f"org.opencontainers.image.{k}" for k in ("title", "version", "description", "created", "url",
                                                          "source", "authors")} | {"vnd.cnr.package.metadata"}
 
-Helm = Callable[..., str]
-
-
-def helm_exe(version: str) -> str:
-    """helm 3.8.1 is .tools/helm, helm 4.1.4 .tools/helm4/helm (make helm), here or beside the helm on PATH."""
-    rel = "helm" if version == "3" else "helm4/helm"
-    found = shutil.which("helm")
-    for cand in (ROOT / ".tools" / rel, *([Path(found).parent / rel] if found else [])):
-        if cand.is_file() and os.access(cand, os.X_OK):
-            return str(cand)
-    if os.environ.get("CI"):
-        pytest.fail(f"helm {version} is not installed: `make helm` puts it in .tools/")
-    pytest.skip(f"helm {version} is not installed (make helm)")
-
-
-@pytest.fixture(params=["3", "4"], ids=["helm3.8.1", "helm4.1.4"])
-def helm(request: pytest.FixtureRequest, tmp_path: Path) -> Helm:
-    """Runs one helm with its own homes. helm 4 talks https to a registry unless given --plain-http
-    (even on 127.0.0.1; helm 3.8.1 has no such flag and uses http there): `oci=True` adds it."""
-    exe = helm_exe(request.param)
-    env = {**os.environ,
-           **{f"HELM_{k}_HOME": str(tmp_path / "helmhome" / k.lower()) for k in ("CACHE", "CONFIG", "DATA")}}
-    plain = ["--plain-http"] if request.param == "4" else []
-
-    def run(*args: str, oci: bool = False, cwd: Path = tmp_path) -> str:
-        proc = subprocess.run([exe, *args, *(plain if oci else [])], capture_output=True, text=True, env=env,
-                              cwd=cwd, timeout=60)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return proc.stdout + proc.stderr
-
-    run.version = request.param  # type: ignore[attr-defined]
-    return run
 
 
 PLAIN = {"Chart.yaml": "apiVersion: v2\nname: {name}\nversion: {version}\ndescription: a plain chart\n"}

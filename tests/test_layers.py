@@ -15,10 +15,10 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("documents", ["layout", "helm", "tarscan", "archive"]),
     ("registry", ["challenge", "upstream", "transport", "blobs", "oci", "embedded", "locks",
                   "cnrsource"]),
-    ("storage", ["entries", "readmodel", "writepath", "channels", "catalog", "store", "migratereport",
+    ("storage", ["entries", "readmodel", "writepath", "channels", "catalog", "helmrepo", "store", "migratereport",
                  "migrate"]),
     ("http", ["translate", "wire", "appkeys", "streaming", "bodies", "logsafe", "server", "middleware", "ops",
-              "routes"]),
+              "routes", "helmroutes"]),
     ("process", ["app", "migratecli", "cli", "__main__", "__init__"]),
 ]
 RANK = {m: (i, j) for i, (_, mods) in enumerate(LAYERS) for j, m in enumerate(mods)}

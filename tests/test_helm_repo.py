@@ -1,0 +1,117 @@
+"""The classic helm chart repository (/helm/<ns>/index.yaml) with the real helm CLI, 3.8.1 and 4.1.4."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import secrets
+
+import yaml
+
+from cnr_oci.helmrepo import CHART_FIELDS
+from tests import helpers
+
+API = "/cnr/api/v1/packages"
+
+
+def chart(name: str, version: str, extra: str = "") -> bytes:
+    text = f"apiVersion: v2\nname: {name}\nversion: {version}\ndescription: chart {name}\nappVersion: '9.9'\n{extra}"
+    return helpers.tarball({f"{name}/Chart.yaml": text.encode(), f"{name}/values.yaml": b"replicas: 1\n",
+                            f"{name}/templates/cm.yaml": b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n"
+                                                        b"  name: {{ .Release.Name }}-cm\n"
+                                                        b"data:\n  replicas: '{{ .Values.replicas }}'\n"})
+
+
+async def push(client, ns: str, package: str, blob: bytes, release: str) -> None:
+    resp = await client.post(f"{API}/{ns}/{package}", json=helpers.body(blob, release, "helm"))
+    assert resp.status == 200, await resp.text()
+
+
+async def test_helm_repo_add_search_pull_and_template_see_every_chart_of_the_namespace(client, registry, helm,
+                                                                                        tmp_path):
+    ns = "r" + secrets.token_hex(3)
+    blobs = {("web", "1.0.0"): chart("web", "1.0.0"), ("web", "1.1.0-rc.1"): chart("web", "1.1.0-rc.1"),
+             ("web", "1.0.1"): chart("web", "1.0.1")}
+    for (name, version), blob in blobs.items():
+        await push(client, ns, name, blob, version)
+    # A package whose name differs from its chart's: listed under the chart's name.
+    renamed = chart("db", "2.0.0")
+    await push(client, ns, "database", renamed, "2.0.0")
+    # A chart pushed with helm push (OCI), beside the CNR ones.
+    pushed = chart("cache", "0.3.0")
+    (tmp_path / "cache-0.3.0.tgz").write_bytes(pushed)
+    await asyncio.to_thread(helm, "push", "cache-0.3.0.tgz", f"oci://{registry.host}/{ns}", oci=True)
+    # An operator bundle (helm media type, no Chart.yaml) is no chart: left out.
+    await push(client, ns, "bundle", helpers.kpm(), "1.0.0")
+
+    base = str(client.make_url(f"/helm/{ns}")).rstrip("/")
+    await asyncio.to_thread(helm, "repo", "add", "cnr", base)
+    await asyncio.to_thread(helm, "repo", "update")
+    stable = await asyncio.to_thread(helm, "search", "repo", "cnr/", "--versions")
+    assert "cnr/web" in stable and "1.0.1" in stable and "1.0.0" in stable and "1.1.0-rc.1" not in stable
+    assert "cnr/db" in stable and "cnr/cache" in stable and "bundle" not in stable
+    devel = await asyncio.to_thread(helm, "search", "repo", "cnr/web", "--devel", "--versions")
+    assert "1.1.0-rc.1" in devel
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, version, blob in (("web", "1.0.1", blobs[("web", "1.0.1")]), ("db", "2.0.0", renamed),
+                                ("cache", "0.3.0", pushed)):
+        await asyncio.to_thread(helm, "pull", f"cnr/{name}", "--version", version, "-d", str(out))
+        assert (out / f"{name}-{version}.tgz").read_bytes() == blob, name
+    rendered = await asyncio.to_thread(helm, "template", "rel", "cnr/web", "--version", "1.0.0")
+    assert "name: rel-cm" in rendered and "replicas: '1'" in rendered
+
+
+async def test_the_same_release_through_three_doors_is_byte_identical(client, registry, helm, tmp_path):
+    ns = "b" + secrets.token_hex(3)
+    blob = chart("app", "1.2.3")
+    await push(client, ns, "app", blob, "1.2.3")
+    base = str(client.make_url(f"/helm/{ns}")).rstrip("/")
+    await asyncio.to_thread(helm, "repo", "add", "three", base)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    await asyncio.to_thread(helm, "pull", "three/app", "--version", "1.2.3", "-d", str(tmp_path / "a"))
+    await asyncio.to_thread(helm, "pull", f"oci://{registry.host}/{ns}/app", "--version", "1.2.3", "-d",
+                            str(tmp_path / "b"), oci=True)
+    cnr = await (await client.get(f"{API}/{ns}/app/1.2.3/helm/pull")).read()
+    assert (tmp_path / "a" / "app-1.2.3.tgz").read_bytes() == (tmp_path / "b" / "app-1.2.3.tgz").read_bytes() \
+        == cnr == blob
+
+
+async def test_index_yaml_is_what_helm_reads_with_etag_304_gzip_and_per_caller_headers(client):
+    ns = "i" + secrets.token_hex(3)
+    blob = chart("web", "1.0.0", "keywords: [a, b]\nmaintainers:\n  - name: Ann\n")
+    await push(client, ns, "web", blob, "1.0.0")
+    resp = await client.get(f"/helm/{ns}/index.yaml", headers={"Accept-Encoding": "identity"})
+    assert resp.status == 200 and resp.headers["Content-Type"] == "application/x-yaml"
+    assert "Authorization" in resp.headers["Vary"] and resp.headers["Cache-Control"].startswith("private")
+    doc = yaml.safe_load(await resp.read())
+    assert doc["apiVersion"] == "v1" and list(doc["entries"]) == ["web"]
+    entry = doc["entries"]["web"][0]
+    assert set(entry) <= set(CHART_FIELDS) | {"urls", "digest", "created"}
+    assert entry["digest"] == hashlib.sha256(blob).hexdigest() and entry["urls"] == ["charts/web-1.0.0.tgz"]
+    assert entry["apiVersion"] == "v2" and entry["appVersion"] == "9.9" and entry["keywords"] == ["a", "b"]
+    assert entry["maintainers"] == [{"name": "Ann"}] and entry["created"].endswith("Z")
+    etag = resp.headers["ETag"]
+    again = await client.get(f"/helm/{ns}/index.yaml", headers={"If-None-Match": etag})
+    assert again.status == 304 and again.headers["ETag"] == etag
+    zipped = await client.get(f"/helm/{ns}/index.yaml", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    assert yaml.safe_load(gzip.decompress(await zipped.read()))["entries"] == doc["entries"]
+    # cnr-oci's own write shows at once: a new version, a new ETag.
+    await push(client, ns, "web", chart("web", "1.1.0"), "1.1.0")
+    fresh = await client.get(f"/helm/{ns}/index.yaml", headers={"If-None-Match": etag})
+    assert fresh.status == 200 and fresh.headers["ETag"] != etag
+    assert [e["version"] for e in yaml.safe_load(await fresh.read())["entries"]["web"]] == ["1.1.0", "1.0.0"]
+
+
+async def test_unknown_chart_files_and_bad_namespaces_are_404_and_400(client):
+    ns = "n" + secrets.token_hex(3)
+    await push(client, ns, "web", chart("web", "1.0.0"), "1.0.0")
+    assert (await client.get(f"/helm/{ns}/charts/web-9.9.9.tgz")).status == 404
+    assert (await client.get(f"/helm/{ns}/charts/..%2Fx.tgz")).status == 404
+    assert (await client.get("/helm/Bad_NS/index.yaml")).status == 400
+    assert (await client.get(f"/helm/{ns}/charts/web-1.0.0.tgz")).status == 200
+    empty = yaml.safe_load(await (await client.get("/helm/nothing" + secrets.token_hex(3) + "/index.yaml")).read())
+    assert empty["entries"] == {}
