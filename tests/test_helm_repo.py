@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import json
 import secrets
 
+import pytest
 import yaml
 
 from cnr_oci.helmrepo import CHART_FIELDS
@@ -115,3 +117,42 @@ async def test_unknown_chart_files_and_bad_namespaces_are_404_and_400(client):
     assert (await client.get(f"/helm/{ns}/charts/web-1.0.0.tgz")).status == 200
     empty = yaml.safe_load(await (await client.get("/helm/nothing" + secrets.token_hex(3) + "/index.yaml")).read())
     assert empty["entries"] == {}
+
+
+async def test_helm_repo_add_needs_credentials_where_the_registry_does(live_server, helm, tmp_path):
+    """An htpasswd registry: without credentials `helm repo add` fails, with alice's it works (Basic is
+    passed through to the registry as alice), and her password never reaches the server's log."""
+    import base64
+    import urllib.request
+
+    ns = "a" + secrets.token_hex(3)
+    user, password = "alice", live_server.users["alice"]
+    auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    body = json.dumps(helpers.body(chart("web", "1.0.0"), "1.0.0", "helm")).encode()
+    req = urllib.request.Request(f"{live_server.url}{API}/{ns}/web", data=body, method="POST",
+                                 headers={"Authorization": auth, "Content-Type": "application/json"})
+    await asyncio.to_thread(lambda: urllib.request.urlopen(req, timeout=30).close())
+    base = f"{live_server.url}/helm/{ns}"
+    with pytest.raises(AssertionError):
+        await asyncio.to_thread(helm, "repo", "add", "anon", base)
+    await asyncio.to_thread(helm, "repo", "add", "priv", base, "--username", user, "--password", password)
+    await asyncio.to_thread(helm, "repo", "update")
+    (tmp_path / "out").mkdir()
+    await asyncio.to_thread(helm, "pull", "priv/web", "--version", "1.0.0", "-d", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "web-1.0.0.tgz").is_file()
+    assert password not in live_server.log_path.read_text()
+
+
+async def test_helm_dependency_update_resolves_from_the_repository(client, helm, tmp_path):
+    ns = "d" + secrets.token_hex(3)
+    lib = chart("lib", "0.2.0")
+    await push(client, ns, "lib", lib, "0.2.0")
+    await push(client, ns, "lib", chart("lib", "0.1.0"), "0.1.0")
+    base = str(client.make_url(f"/helm/{ns}")).rstrip("/")
+    app = tmp_path / "app"
+    (app / "templates").mkdir(parents=True)
+    (app / "Chart.yaml").write_text(f"apiVersion: v2\nname: app\nversion: 1.0.0\ndependencies:\n"
+                                    f"  - name: lib\n    version: '>=0.1.0 <1.0.0'\n    repository: {base}\n")
+    await asyncio.to_thread(helm, "repo", "add", "deps", base)  # helm 3.8 wants the repository known
+    await asyncio.to_thread(helm, "dependency", "update", str(app))
+    assert (app / "charts" / "lib-0.2.0.tgz").read_bytes() == lib
