@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from cnr_oci import appkeys, helmroutes, logsafe, middleware, ops, routes
+from cnr_oci import appkeys, cmapi, helmroutes, logsafe, middleware, ops, routes
 from cnr_oci.auth import Credentials, TokenCodec, load_secret, service_credentials
 from cnr_oci.embedded import EmbeddedRegistry, has_users, htpasswd_path
 from cnr_oci.locks import PackageLocks
@@ -159,4 +159,5 @@ def create_app(settings: Settings) -> web.Application:
     ops.setup_ops_routes(app)
     routes.setup_routes(app)
     helmroutes.setup_helm_routes(app)
+    cmapi.setup_cm_routes(app)
     return app

@@ -46,6 +46,7 @@ class Index:
     gzipped: bytes
     etag: str
     files: dict[str, ChartFile]  # "<name>-<version>.tgz" -> where it is
+    entries: dict[str, list[dict[str, Any]]]  # chart name -> index entries, newest first (the ChartMuseum API's)
 
 
 def _entry(config: dict[str, Any], digest: str, created: str | None, filename: str) -> dict[str, Any]:
@@ -113,7 +114,7 @@ class HelmRepository:
                 files[filename] = where
                 entries.setdefault(entry["name"], []).append(entry)
         body, gzipped, etag = await asyncio.to_thread(_render, entries)
-        return Index(body, gzipped, etag, files)
+        return Index(body, gzipped, etag, files, entries)
 
     async def _charts(self, pkg: Package) -> list[tuple[dict[str, Any], ChartFile]]:
         """The package's chart versions: every tag (strict SemVer or not, as helm allows) whose manifest is

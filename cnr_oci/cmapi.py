@@ -1,0 +1,277 @@
+"""ChartMuseum's chart manipulation API over the same store: /helm/api/<ns>/charts (and /api/helm/<ns>/charts,
+where `helm cm-push` posts without --context-path=/helm).
+
+Paths, status codes and JSON shapes follow ChartMuseum (helm/chartmuseum, multi-tenant server):
+routes from pkg/chartmuseum/server/multitenant/routes.go, answers from handlers.go ({"saved": true} 201,
+{"deleted": true} 200, {"error": "..."}), listings and lookups from api.go (getAllCharts with offset/limit,
+getChart "chart not found", getChartVersion with "latest", uploadChartPackage 409 "file already exists").
+An upload is a CNR push of media type helm to the package <ns>/<chart name>, in helm's layout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.multipart import parse_content_disposition
+
+from cnr_oci import appkeys, archive, errors, mapping, translate, upstream
+from cnr_oci.archive import PushInput
+from cnr_oci.helmrepo import Index
+from cnr_oci.mapping import Package
+from cnr_oci.middleware import CHALLENGE
+from cnr_oci.routes import _push_slot, _read_body
+from cnr_oci.store import Store
+
+PREFIXES = ("/helm/api", "/api/helm")
+# ChartMuseum's form fields (handlers.go: defaultFormField "chart", defaultProvField "prov").
+CHART_FIELD, PROV_FIELD = "chart", "prov"
+# A cm-push form has one or two parts; a part's headers are a few hundred bytes.
+MAX_PARTS = 8
+MAX_PART_HEADERS = 8192
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _cm_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """ChartMuseum's error shape (handlers.go: c.JSON(status, gin.H{"error": ...}))."""
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def cm_errors(name: str) -> Callable[[Handler], Handler]:
+    """Answer this route's errors in ChartMuseum's shape; registry errors go through the one translation
+    table (translate.to_cnr), as ``name`` would be translated on the CNR API."""
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def run(request: web.Request) -> web.Response:
+            try:
+                return await handler(request)
+            except upstream.RegistryError as exc:
+                err = translate.to_cnr(exc, name, request.match_info)
+            except errors.CnrError as exc:
+                err = exc
+            headers = {**(CHALLENGE if err.status == 401 else {}), **err.headers}
+            return _cm_error(err.status, err.message, headers)
+        return run
+    return wrap
+
+
+def _store(request: web.Request) -> Store:
+    return request.config_dict[appkeys.STORE]
+
+
+def _namespace(request: web.Request) -> str:
+    return mapping.parse_package(request.match_info["ns"], "x").namespace
+
+
+def _package(request: web.Request, name: str) -> Package:
+    prefix = request.config_dict[appkeys.SETTINGS].repository_prefix.strip("/")
+    return mapping.parse_package(request.match_info["ns"], name, prefix)
+
+
+async def _index(request: web.Request) -> Index:
+    return await _store(request).helm.index(_namespace(request))
+
+
+async def _json(data: Any, status: int = 200) -> web.Response:
+    """Index entries can be many: encoded off the loop."""
+    body = await asyncio.to_thread(lambda: json.dumps(data, separators=(",", ":")).encode())
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+# -- reads (api.go getAllCharts, getChart, getChartVersion) ----------------------------------------------
+
+
+def _int(request: web.Request, key: str, default: int, least: int, what: str) -> int:
+    text = request.query.get(key)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise errors.InvalidUsage(f"{key} is not a valid {what} integer")  # handlers.go's messages
+    return value
+
+
+@cm_errors("cm_charts")
+async def all_charts(request: web.Request) -> web.Response:
+    """{name: [chart version, ...]}, chart names sorted, paged by offset/limit over the names."""
+    offset = _int(request, "offset", 0, 0, "non-negative")
+    limit = _int(request, "limit", -1, 1, "positive")
+    entries = (await _index(request)).entries
+    names = sorted(entries)
+    names = names[offset:] if limit == -1 else names[offset:offset + limit]
+    return await _json({n: entries[n] for n in names})
+
+
+@cm_errors("cm_chart")
+async def chart(request: web.Request) -> web.Response:
+    versions = (await _index(request)).entries.get(request.match_info["name"])
+    if not versions:
+        raise errors.ResourceNotFound("chart not found")
+    return await _json(versions)
+
+
+def _version(index: Index, name: str, version: str) -> dict[str, Any]:
+    """helm's IndexFile.Get as ChartMuseum calls it: an exact version, or "latest": the newest
+    version without a pre-release. Version ranges are not supported."""
+    versions = index.entries.get(name)
+    if not versions:
+        raise errors.ResourceNotFound("no chart name found")
+    for entry in versions:
+        if entry.get("version") == version or (
+                version == "latest" and mapping.is_release(str(entry.get("version")))
+                and "-" not in str(entry["version"]).split("+")[0]):
+            return entry
+    raise errors.ResourceNotFound(f"no chart version found for {name}-{version}")
+
+
+@cm_errors("cm_chart_version")
+async def chart_version(request: web.Request) -> web.Response:
+    m = request.match_info
+    return await _json(_version(await _index(request), m["name"], m["version"]))
+
+
+# -- DELETE (api.go deleteChartVersion) -----------------------------------------------------------------
+
+
+@cm_errors("delete_release")
+async def delete_chart_version(request: web.Request) -> web.Response:
+    """Deletes release <version> (media type helm) of the CNR package <ns>/<name>; when the index shows the
+    chart in another package, 404 naming it (a DELETE never acts on a package it was not named)."""
+    name, version = request.match_info["name"], request.match_info["version"]
+    pkg = _package(request, name)
+    index = await _index(request)
+    entry = next((e for e in index.entries.get(name, []) if e.get("version") == version), None)
+    if entry is None:
+        raise errors.ResourceNotFound(f"no chart version found for {name}-{version}")
+    where = index.files.get(entry["urls"][0].removeprefix("charts/"))
+    if where is not None and where.package.full != pkg.full:
+        raise errors.ResourceNotFound(
+            f"chart {name} {version} is stored in the package {where.package.full}, not {pkg.full}: "
+            f"delete it there (CNR API: DELETE /cnr/api/v1/packages/{where.package.full}/{version}/helm)")
+    if not mapping.is_release(version):
+        raise errors.InvalidUsage(f"chart {name} {version} is not a CNR release (not strict SemVer): "
+                                  "delete its tag in the registry")
+    await _store(request).write.delete(pkg, version, "helm")
+    return web.json_response({"deleted": True})
+
+
+# -- upload (handlers.go postRequestHandler, api.go uploadChartPackage) -------------------------------
+
+
+def _form_parts(content_type: str, body: bytes | bytearray) -> dict[str, bytes]:
+    """The file fields of a multipart/form-data body, by name (the first of each); bounded in parts."""
+    match = re.search(r'boundary="?([^";]{1,200})"?', content_type)
+    if not match:
+        raise errors.InvalidUsage("multipart/form-data without a boundary")
+    delimiter = b"--" + match.group(1).encode("latin-1")
+    view = bytes(body)
+    start = view.find(delimiter)
+    parts: dict[str, bytes] = {}
+    count = 0
+    while start != -1:
+        head = start + len(delimiter)
+        if view[head:head + 2] == b"--":
+            return parts
+        end = view.find(b"\r\n" + delimiter, head)
+        if end == -1:
+            break
+        count += 1
+        if count > MAX_PARTS:
+            raise errors.InvalidUsage(f"more than {MAX_PARTS} parts in the form")
+        section = view[head:end].removeprefix(b"\r\n")
+        split = section.find(b"\r\n\r\n", 0, MAX_PART_HEADERS)
+        if split == -1:
+            raise errors.InvalidUsage("a form part without headers")
+        name = None
+        for line in section[:split].decode("latin-1").split("\r\n"):
+            key, _, value = line.partition(":")
+            if key.strip().lower() == "content-disposition":
+                name = parse_content_disposition(value.strip())[1].get("name")
+        if name is not None and name not in parts:
+            parts[name] = section[split + 4:]
+        start = end + 2
+    raise errors.InvalidUsage("the multipart body is not terminated by its closing boundary")
+
+
+def parse_upload(content_type: str, body: bytes | bytearray, force: bool) -> PushInput:
+    """The chart of an upload (a raw .tgz or a form's `chart` field), checked as a CNR helm push.
+    CPU-bound: run in a thread.
+
+    Raises:
+        InvalidUsage: no chart, not a chart, a chart version that is not strict SemVer, a provenance file.
+    """
+    if content_type.split(";")[0].strip().lower() == "multipart/form-data":
+        parts = _form_parts(content_type, body)
+        if PROV_FIELD in parts:
+            raise errors.InvalidUsage("provenance files (.prov) are not supported yet: upload the chart alone")
+        if CHART_FIELD not in parts:
+            raise errors.InvalidUsage(f"no package or provenance file found in form fields {CHART_FIELD} "
+                                      f"and {PROV_FIELD}")  # handlers.go's message
+        blob = parts[CHART_FIELD]
+    else:
+        blob = bytes(body)
+    if not blob:
+        raise errors.InvalidUsage("the chart is empty")
+    chart_yaml = archive.inspect_tarball(blob, "helm")
+    if chart_yaml is None:
+        raise errors.InvalidUsage("not a helm chart: no <chart>/Chart.yaml in the archive")
+    version = str(chart_yaml.get("version", ""))
+    if not mapping.is_release(version):
+        raise errors.InvalidUsage(f"chart version {version[:80]!r} is not strict SemVer 2.0, which cnr-oci "
+                                  "needs for a release")
+    return PushInput(release=version, media_type="helm", blob=blob,
+                     digest="sha256:" + hashlib.sha256(blob).hexdigest(), metadata=None, force=force,
+                     chart=chart_yaml)
+
+
+@cm_errors("cm_upload")
+async def upload(request: web.Request) -> web.Response:
+    """Identity first (the registry must accept the caller's credentials, before a byte of the body is
+    read), the body bounded, the chart checked off the loop, then push rights on <ns>/<chart name>."""
+    namespace = _namespace(request)
+    store = _store(request)
+    await store.client.check_credentials()
+    limit = request.config_dict[appkeys.SETTINGS].max_body_size
+    if request.content_length is not None and request.content_length > limit:
+        raise errors.PayloadTooLarge(f"the body exceeds the limit of {limit} bytes", {"limit": limit})
+    # ChartMuseum: `_, force := c.GetQuery("force")`, present means force.
+    force = "force" in request.query
+    async with _push_slot(request):
+        raw = await _read_body(request, limit)
+        inp = await asyncio.to_thread(parse_upload, request.headers.get("Content-Type", ""), raw, force)
+        del raw
+        assert inp.chart is not None  # parse_upload returns charts only
+        pkg = _package(request, str(inp.chart["name"]))
+        async with store.write.push_rights(pkg) as session:
+            try:
+                await store.write.push(pkg, inp, session)
+            except errors.PackageExists:
+                raise errors.PackageExists(f"file already exists: {namespace}/{pkg.name} {inp.release}; "
+                                           "upload with ?force to overwrite") from None
+    return web.json_response({"saved": True}, status=201)
+
+
+@cm_errors("cm_upload")
+async def upload_prov(request: web.Request) -> web.Response:
+    """POST .../prov: ChartMuseum stores a provenance file alone; cnr-oci has no provenance layer yet."""
+    raise errors.InvalidUsage("provenance files (.prov) are not supported yet")
+
+
+def setup_cm_routes(app: web.Application) -> None:
+    for prefix in PREFIXES:
+        base = prefix + "/{ns}/charts"
+        app.router.add_get(base, all_charts)  # add_get answers HEAD too, without a body
+        app.router.add_post(base, upload)
+        app.router.add_post(prefix + "/{ns}/prov", upload_prov)
+        app.router.add_get(base + "/{name}", chart)
+        app.router.add_get(base + "/{name}/{version}", chart_version)
+        app.router.add_delete(base + "/{name}/{version}", delete_chart_version)
