@@ -1,0 +1,90 @@
+"""Hostile input to the helm repository and ChartMuseum API routes (issue 12)."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from cnr_oci import errors
+from cnr_oci.cmapi import parse_upload
+from tests import helpers
+from tests.test_helm_repo import chart, push
+
+CM = "/helm/api"
+
+
+def ns_() -> str:
+    return "hh" + secrets.token_hex(3)
+
+
+def test_a_boundary_outside_latin1_is_400_not_500():
+    with pytest.raises(errors.InvalidUsage):
+        parse_upload("multipart/form-data; boundary=b\u20ac", "--b\u20ac\r\n".encode() + b"x", False)
+
+
+async def test_delete_removes_the_release_holding_that_chart_version_not_the_tag_of_that_name(client, registry):
+    # A CNR package whose release names differ from its charts' versions (appr allowed it).
+    ns = ns_()
+    await push(client, ns, "web", chart("web", "1.0.0"), "2.0.0")
+    await push(client, ns, "web", chart("web", "3.0.0"), "1.0.0")
+    resp = await client.delete(f"{CM}/{ns}/charts/web/1.0.0")
+    # Chart web 1.0.0 lives in release 2.0.0: that one goes (or the DELETE is refused); release 1.0.0,
+    # holding chart web 3.0.0, must stay.
+    assert "1.0.0" in helpers.tags(registry.url, f"{ns}/web"), (resp.status, await resp.text())
+
+
+async def test_odd_inputs_on_every_route_are_4xx(client):
+    ns = ns_()
+    await push(client, ns, "web", chart("web", "1.0.0"), "1.0.0")
+    paths = [
+        ("GET", f"/helm/{'A' * 300}/index.yaml"), ("GET", "/helm/..%2F/index.yaml"),
+        ("GET", f"/helm/{ns}/charts/{'a' * 5000}.tgz"), ("GET", f"/helm/{ns}/charts/%00.tgz"),
+        ("GET", f"{CM}/{ns}/charts?offset=1e3"), ("GET", f"{CM}/{ns}/charts?limit={'9' * 5000}"),
+        ("GET", f"{CM}/{ns}/charts?offset={10 ** 30}"), ("GET", f"{CM}/{ns}/charts/web/{'9' * 3000}"),
+        ("GET", f"{CM}/{ns}/charts/%FF"), ("DELETE", f"{CM}/{ns}/charts/Web/1.0.0"),
+        ("DELETE", f"{CM}/{ns}/charts/web/{'1' * 300}"), ("DELETE", f"{CM}/{ns}/charts/web/latest"),
+        ("GET", f"{CM}/{'x' * 400}/charts"),
+    ]
+    for method, path in paths:
+        resp = await client.request(method, path)
+        assert resp.status < 500, (method, path, resp.status, await resp.text())
+
+
+async def test_hostile_upload_bodies_are_4xx(client, registry):
+    ns = ns_()
+    good = chart("web", "1.0.0")
+    bomb = helpers.tarball({"web/Chart.yaml": b"name: web\nversion: 1.0.0\nkeywords: [" + b"a," * 200000 + b"a]\n"})
+    deep = helpers.tarball({"web/Chart.yaml": b"name: web\nversion: 1.0.0\nx: " + b"[" * 5000 + b"]" * 5000})
+    bad_name = chart("Bad_Name", "1.0.0")
+    dotted = chart("web.", "1.0.0")
+    no_ver = helpers.tarball({"web/Chart.yaml": b"name: web\n"})
+    list_yaml = helpers.tarball({"web/Chart.yaml": b"- a\n- b\n"})
+    long_name = chart("a" * 300, "1.0.0")
+    bodies: list[tuple[str, bytes]] = [
+        ("application/gzip", bomb), ("application/gzip", deep), ("application/gzip", bad_name),
+        ("application/gzip", dotted), ("application/gzip", no_ver), ("application/gzip", list_yaml),
+        ("application/gzip", long_name), ("application/gzip", b""),
+        ("multipart/form-data; boundary=B", b"--B\r\nContent-Disposition: form-data; name=chart\r\n\r\n" + good),
+        ("multipart/form-data; boundary=B", b"--B\r\n" + b"X: y\r\n" * 5000 + b"\r\n" + good + b"\r\n--B--"),
+        ("multipart/form-data; boundary=B", b"--B\r\nContent-Disposition: form-data; name=\"chart\"\r\n"
+         b"Content-Type: multipart/mixed; boundary=C\r\n\r\n--C\r\n\r\n" + good + b"\r\n--C--\r\n--B--"),
+        ("multipart/form-data; boundary=B", b"--B\r\nContent-Disposition: \xff\xfe\r\n\r\nx\r\n--B--"),
+        ("multipart/form-data; boundary=B", b"--B\r\nContent-Disposition: form-data; name=\"chart\"\r\n\r\n"
+         b"not gzip\r\n--B--"),
+        ("multipart/form-data; boundary=", b"----\r\n"),
+        ("multipart/form-data; boundary=\"\"", b"--\r\n\r\n--"),
+        ("multipart/form-data", b""),
+    ]
+    for ctype, body in bodies:
+        resp = await client.post(f"{CM}/{ns}/charts", data=body, headers={"Content-Type": ctype})
+        assert 400 <= resp.status < 500, (ctype, body[:60], resp.status, await resp.text())
+
+
+async def test_a_chart_name_that_is_not_a_string_is_400_not_stored_out_of_the_index(client, registry):
+    # helm's chart.Metadata.Name is a string: `name: 123` is no chart helm loads, and the index leaves it out.
+    ns = ns_()
+    blob = helpers.tarball({"web/Chart.yaml": b"name: 123\nversion: 1.0.0\n"})
+    resp = await client.post(f"{CM}/{ns}/charts", data=blob, headers={"Content-Type": "application/gzip"})
+    assert resp.status == 400 and "name" in (await resp.json())["error"]
+    assert helpers.tags(registry.url, f"{ns}/123") == []
