@@ -16,10 +16,11 @@ import hashlib
 import json
 import re
 from collections.abc import Awaitable, Callable
+from email.parser import BytesHeaderParser
+from email.utils import collapse_rfc2231_value
 from typing import Any
 
 from aiohttp import web
-from aiohttp.multipart import parse_content_disposition
 
 from cnr_oci import appkeys, archive, errors, mapping, translate, upstream
 from cnr_oci.archive import PushInput
@@ -172,7 +173,10 @@ def _form_parts(content_type: str, body: bytes | bytearray) -> dict[str, bytes]:
     match = re.search(r'boundary="?([^";]{1,200})"?', content_type)
     if not match:
         raise errors.InvalidUsage("multipart/form-data without a boundary")
-    delimiter = b"--" + match.group(1).encode("latin-1")
+    try:  # RFC 2046: a boundary is 7-bit ASCII
+        delimiter = b"--" + match.group(1).encode("ascii")
+    except UnicodeEncodeError:
+        raise errors.InvalidUsage("the multipart boundary is not ASCII") from None
     view = bytes(body)
     start = view.find(delimiter)
     parts: dict[str, bytes] = {}
@@ -191,11 +195,10 @@ def _form_parts(content_type: str, body: bytes | bytearray) -> dict[str, bytes]:
         split = section.find(b"\r\n\r\n", 0, MAX_PART_HEADERS)
         if split == -1:
             raise errors.InvalidUsage("a form part without headers")
-        name = None
-        for line in section[:split].decode("latin-1").split("\r\n"):
-            key, _, value = line.partition(":")
-            if key.strip().lower() == "content-disposition":
-                name = parse_content_disposition(value.strip())[1].get("name")
+        # The stdlib's header parser records a bad header as a defect (aiohttp's warns); name* is RFC 2231.
+        param = BytesHeaderParser().parsebytes(section[:split] + b"\r\n").get_param(
+            "name", header="content-disposition")
+        name = None if param is None else collapse_rfc2231_value(param)
         if name is not None and name not in parts:
             parts[name] = section[split + 4:]
         start = end + 2
@@ -224,6 +227,8 @@ def parse_upload(content_type: str, body: bytes | bytearray, force: bool) -> Pus
     chart_yaml = archive.inspect_tarball(blob, "helm")
     if chart_yaml is None:
         raise errors.InvalidUsage("not a helm chart: no <chart>/Chart.yaml in the archive")
+    if not isinstance(chart_yaml.get("name"), str):  # helm's chart.Metadata.Name; the index needs a string
+        raise errors.InvalidUsage(f"Chart.yaml name {str(chart_yaml.get('name'))[:80]!r} is not a string")
     version = str(chart_yaml.get("version", ""))
     if not mapping.is_release(version):
         raise errors.InvalidUsage(f"chart version {version[:80]!r} is not strict SemVer 2.0, which cnr-oci "
