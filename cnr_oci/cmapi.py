@@ -158,10 +158,12 @@ async def delete_chart_version(request: web.Request) -> web.Response:
         raise errors.ResourceNotFound(
             f"chart {name} {version} is stored in the package {where.package.full}, not {pkg.full}: "
             f"delete it there (CNR API: DELETE /cnr/api/v1/packages/{where.package.full}/{version}/helm)")
-    if not mapping.is_release(version):
-        raise errors.InvalidUsage(f"chart {name} {version} is not a CNR release (not strict SemVer): "
-                                  "delete its tag in the registry")
-    await _store(request).write.delete(pkg, version, "helm")
+    # The release (tag) holding this chart version: appr let a release carry a chart of another version.
+    release = mapping.tag_to_release(where.tag) if where is not None else version
+    if release is None or not mapping.is_release(release):
+        raise errors.InvalidUsage(f"chart {name} {version} is not in a CNR release (its tag is not strict "
+                                  "SemVer): delete its tag in the registry")
+    await _store(request).write.delete(pkg, release, "helm")
     return web.json_response({"deleted": True})
 
 
