@@ -89,3 +89,51 @@ async def test_a_chart_name_that_is_not_a_string_is_400_not_stored_out_of_the_in
     resp = await client.post(f"{CM}/{ns}/charts", data=blob, headers={"Content-Type": "application/gzip"})
     assert resp.status == 400 and "name" in (await resp.json())["error"]
     assert helpers.tags(registry.url, f"{ns}/123") == []
+
+
+@pytest.fixture(scope="module")
+def htpasswd_registry(tmp_path_factory):
+    from tests.conftest import start_htpasswd_registry
+    from tests.test_auth import USERS
+
+    reg = start_htpasswd_registry(tmp_path_factory.mktemp("hh-htpasswd"), USERS)
+    yield reg
+    reg.stop()
+
+
+async def test_an_anonymous_caller_gets_no_private_index_etag_or_304(make_client, htpasswd_registry):
+    from cnr_oci.settings import Settings
+    from tests.test_auth import basic
+
+    client = await make_client(Settings(upstream=htpasswd_registry.url))
+    ns = ns_()
+    resp = await client.post(f"{CM}/{ns}/charts", data=chart("web", "1.0.0"), headers=basic("alice"))
+    assert resp.status == 201
+    private = await client.get(f"/helm/{ns}/index.yaml", headers=basic("alice"))
+    assert private.status == 200 and b"web" in await private.read()
+    etag = private.headers["ETag"]
+    for headers in ({}, {"If-None-Match": etag}, basic("alice", "wrong") | {"If-None-Match": etag}):
+        resp = await client.get(f"/helm/{ns}/index.yaml", headers=headers)
+        body = await resp.read()
+        assert resp.status != 304 and resp.headers.get("ETag") != etag and b"web" not in body, (headers, resp.status)
+        for path in (f"{CM}/{ns}/charts", f"{CM}/{ns}/charts/web", f"/helm/{ns}/charts/web-1.0.0.tgz"):
+            resp = await client.get(path, headers=headers)
+            assert resp.status in (401, 404) or b"web" not in await resp.read(), (path, headers, resp.status)
+    # The cached index reaches alice again, not the anonymous one.
+    again = await client.get(f"/helm/{ns}/index.yaml", headers=basic("alice") | {"If-None-Match": etag})
+    assert again.status == 304
+
+
+async def test_odd_semver_uploads_store_whole_or_refuse(client, registry):
+    ns = ns_()
+    for version in ("1.0.0+build.1", "1.0.0-" + "a" * 130, "01.0.0", "1.0.0-rc.01", "1.0.0-" + "9" * 30):
+        resp = await client.post(f"{CM}/{ns}/charts", data=chart("web", version),
+                                 headers={"Content-Type": "application/gzip"})
+        text = await resp.text()
+        assert resp.status in (201, 400), (version, resp.status, text)
+        if resp.status == 201:
+            got = await client.get(f"{CM}/{ns}/charts/web/{version}")
+            assert got.status == 200, (version, got.status, await got.text())
+            blob = await client.get(f"/helm/{ns}/charts/web-{version}.tgz")
+            assert blob.status == 200 and await blob.read() == chart("web", version), version
+            assert (await client.delete(f"{CM}/{ns}/charts/web/{version}")).status == 200, version
