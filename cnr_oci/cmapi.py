@@ -179,30 +179,30 @@ def _form_parts(content_type: str, body: bytes | bytearray) -> dict[str, bytes]:
         delimiter = b"--" + match.group(1).encode("ascii")
     except UnicodeEncodeError:
         raise errors.InvalidUsage("the multipart boundary is not ASCII") from None
-    view = bytes(body)
-    start = view.find(delimiter)
+    # Searched in place: only the bounded part headers and the kept parts are copied, once each.
+    start = body.find(delimiter)
     parts: dict[str, bytes] = {}
     count = 0
     while start != -1:
         head = start + len(delimiter)
-        if view[head:head + 2] == b"--":
+        if body[head:head + 2] == b"--":
             return parts
-        end = view.find(b"\r\n" + delimiter, head)
+        end = body.find(b"\r\n" + delimiter, head)
         if end == -1:
             break
         count += 1
         if count > MAX_PARTS:
             raise errors.InvalidUsage(f"more than {MAX_PARTS} parts in the form")
-        section = view[head:end].removeprefix(b"\r\n")
-        split = section.find(b"\r\n\r\n", 0, MAX_PART_HEADERS)
+        first = head + 2 if body[head:head + 2] == b"\r\n" else head
+        split = body.find(b"\r\n\r\n", first, min(end, first + MAX_PART_HEADERS))
         if split == -1:
             raise errors.InvalidUsage("a form part without headers")
         # The stdlib's header parser records a bad header as a defect (aiohttp's warns); name* is RFC 2231.
-        param = BytesHeaderParser().parsebytes(section[:split] + b"\r\n").get_param(
+        param = BytesHeaderParser().parsebytes(bytes(body[first:split]) + b"\r\n").get_param(
             "name", header="content-disposition")
         name = None if param is None else collapse_rfc2231_value(param)
         if name is not None and name not in parts:
-            parts[name] = section[split + 4:]
+            parts[name] = bytes(memoryview(body)[split + 4:end])
         start = end + 2
     raise errors.InvalidUsage("the multipart body is not terminated by its closing boundary")
 
