@@ -155,3 +155,16 @@ def test_a_multipart_upload_is_split_without_copying_the_body():
         tracemalloc.stop()
     assert len(parts["chart"]) == size
     assert peak < 1.2 * size  # the kept part, once (was 3x: bytes(body), the section, the part)
+
+
+async def test_an_upload_of_a_chart_version_another_package_holds_is_409_not_stored_unseen(client, registry):
+    # Package <ns>/database holds chart web 1.0.0 (a CNR push): the index lists that one. An upload of web
+    # 1.0.0 to <ns>/web would be stored and never be seen (the index keeps the first by package name).
+    ns = ns_()
+    await push(client, ns, "database", chart("web", "1.0.0"), "1.0.0")
+    for query in ("", "?force"):
+        resp = await client.post(f"{CM}/{ns}/charts{query}", data=chart("web", "1.0.0", "keywords: [new]\n"),
+                                 headers={"Content-Type": "application/gzip"})
+        body = await resp.json()
+        assert resp.status == 409 and f"{ns}/database" in body["error"], (query, resp.status, body)
+    assert helpers.tags(registry.url, f"{ns}/web") == []
