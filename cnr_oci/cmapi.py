@@ -258,6 +258,11 @@ async def upload(request: web.Request) -> web.Response:
         del raw
         assert inp.chart is not None  # parse_upload returns charts only
         pkg = _package(request, str(inp.chart["name"]))
+        # The index keeps one file per chart name and version: one held by another package would hide this.
+        where = (await store.helm.index(namespace)).files.get(f"{inp.chart['name']}-{inp.release}.tgz")
+        if where is not None and where.package.full != pkg.full:
+            raise errors.PackageExists(f"file already exists: {pkg.name}-{inp.release}.tgz is held by the "
+                                       f"package {where.package.full}")
         async with store.write.push_rights(pkg) as session:
             try:
                 await store.write.push(pkg, inp, session)
