@@ -16,8 +16,6 @@ import asyncio
 import hashlib
 import io
 import json
-import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -25,12 +23,13 @@ import sys
 import tarfile
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import machine as common_machine
+from bench.common import wait_http
 from cnr_oci.embedded import EmbeddedRegistry, free_port
 
 NS = "charts"
@@ -153,19 +152,14 @@ def main() -> int:
                  "--log-level", "warning", "--token-secret", "bench-secret-not-for-production", "--cache-ttl", "60"],
                 cwd=str(Path(__file__).resolve().parent.parent))
             url = f"http://127.0.0.1:{port}"
-            for _ in range(200):
-                try:
-                    urllib.request.urlopen(url + "/healthz", timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            wait_http(url + "/healthz")
             result = asyncio.run(measure(url, charts * versions))
         finally:
             if server is not None:
                 server.terminate()
                 server.wait(30)
             reg.stop()
-    machine = f"{os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    machine = common_machine(load=True)
     print(f"# cnr-oci helm repository benchmark\n\ncommand: {command}\nmachine: {machine}\n")
     print(f"{charts} charts x {versions} versions in one namespace, filled directly in {fill_s:.1f} s\n")
     print("| figure | value | target |\n|---|---|---|")

@@ -26,7 +26,6 @@ import datetime
 import io
 import json
 import os
-import platform
 import random
 import resource
 import shlex
@@ -37,7 +36,6 @@ import tarfile
 import tempfile
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +46,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.common import machine, table, wait_http  # noqa: E402
 from cnr_oci.embedded import EmbeddedRegistry, free_port  # noqa: E402
 from tests import appr_fill  # noqa: E402
 from tests.appr_server import ApprServer, installed  # noqa: E402
@@ -281,35 +280,6 @@ def timed(cmd: list[str], log: Path, watch: list[int]) -> dict[str, Any]:
             "watched_cpu_s": [cpu_seconds(p) - b for p, b in zip(watch, watched_before, strict=True)]}
 
 
-def wait_http(url: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-def table(rows: list[list[Any]]) -> str:
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
-
-
-def machine() -> str:
-    cpu = "unknown cpu"
-    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as info:
-        cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    mem = psutil.virtual_memory().total / 2**30
-    load = ", load {:.1f} {:.1f} {:.1f} at start".format(*os.getloadavg())
-    return (f"{os.cpu_count()} cores, {cpu}, {mem:.0f} GiB, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}{load}")
-
-
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     planned = plan(args.quick, args.seed)
     registry = EmbeddedRegistry(tmp / "registry", log_path=str(tmp / "registry.log"))
@@ -444,7 +414,7 @@ def main() -> int:
               file=sys.stderr)
         return 2
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    where = machine()
+    where = machine(load=True)
     tmp = tempfile.mkdtemp(prefix="cnr-oci-bench-migrate-")
     try:
         res = run(args, Path(tmp))

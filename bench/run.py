@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import gzip
 import hashlib
 import io
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -28,7 +26,6 @@ import tarfile
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +34,7 @@ import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import machine, table, wait_http
 from cnr_oci.embedded import EmbeddedRegistry, free_port
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -303,22 +301,6 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     ]
 
 
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
-
-
-def machine() -> str:
-    cpu = "unknown cpu"
-    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as info:
-        cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    mem = psutil.virtual_memory().total / 2**30
-    return (f"{os.cpu_count()} cores, {cpu}, {mem:.0f} GiB, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
@@ -342,12 +324,7 @@ def main() -> int:
             cwd=str(Path(__file__).resolve().parent.parent))
         url = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(200):
-                try:
-                    urllib.request.urlopen(url + "/healthz", timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            wait_http(url + "/healthz")
             results = asyncio.run(bench(args, registry, url, server.pid))
         finally:
             server.terminate()
