@@ -449,3 +449,24 @@ def test_discovery_meta_tag(appr: Appr, published: dict[str, Any]) -> None:
     status, data = resp.status, resp.read()
     conn.close()
     assert status == 200 and data == blobs[(chart, "1.0.0")]
+
+
+async def test_appr_pulls_a_migrated_release_by_its_old_appr_digest(appr, appr_server, live_server, tmp_path):
+    """After `cnr-oci migrate` from the real appr server into the live server's registry, the appr CLI
+    pulls by the digest pipelines pinned on appr (sha256 of the gunzipped tar), and gets the bytes."""
+    import asyncio
+    import secrets
+
+    from tests import appr_fill
+    from tests.test_migrate import migrate
+
+    ns = "p" + secrets.token_hex(3)
+    exp = await asyncio.to_thread(appr_fill.fill, appr_server.url, ns, big=0)
+    done = await asyncio.to_thread(
+        migrate, "--from", appr_server.url, "--package", f"{ns}/webapp", "--upstream", live_server.registry.url,
+        "--registry-username", "alice", "--registry-password", live_server.users["alice"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    m = exp.packages[f"{ns}/webapp"].manifests[("1.1.0", "helm")]
+    assert m.digest != m.sha256  # appr's digest is not the .tar.gz's: only the migration's record finds it
+    _, data = await asyncio.to_thread(appr.pull_tarball, f"{ns}/webapp@sha256:{m.digest}", "helm", tmp_path / "old")
+    assert hashlib.sha256(data).hexdigest() == m.sha256
