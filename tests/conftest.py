@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from aiohttp.test_utils import TestClient
 from cnr_oci.app import create_app
 from cnr_oci.embedded import EmbeddedRegistry, free_port
 from cnr_oci.settings import Settings
+from tests import helpers
 from tests.appr_server import ApprServer
 from tests.appr_server import installed as appr_server_installed
 from tests.clients.install_appr_server import main as install_appr_server
@@ -155,15 +155,7 @@ def start_live_server(
         proc = subprocess.Popen([sys.executable, "-m", "cnr_oci", "serve", "--port", str(port), "--upstream", reg.url,
                                  "--token-secret", TEST_SECRET, "--data-dir", str(root / "data"), *extra],
                                 stdout=log, stderr=log)
-    deadline = time.monotonic() + 30
-    while True:
-        assert proc.poll() is None, log_path.read_text()[-2000:]
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                break
-        except OSError:
-            assert time.monotonic() < deadline, "cnr-oci serve did not start"
-            time.sleep(0.05)
+    helpers.wait_served(proc, port, log_path)
     return proc, LiveServer(f"http://127.0.0.1:{port}", port, reg, dict(users), log_path)
 
 

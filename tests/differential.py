@@ -15,11 +15,11 @@ import re
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from cnr_oci.embedded import EmbeddedRegistry, free_port
+from tests import helpers
 
 SECRET = "differential-secret-not-for-production"
 # Headers whose values must match (Content-Length is checked against the body instead).
@@ -81,15 +81,7 @@ def start_server(tree: Path, registry: EmbeddedRegistry, root: Path, *extra: str
             [sys.executable, "-m", "cnr_oci", "serve", "--upstream", registry.url, "--port", str(port),
              "--token-secret", SECRET, "--data-dir", str(root / "data"), *extra],
             cwd=tree, env=tree_env(tree), stdout=log, stderr=log)
-    deadline = time.monotonic() + 30
-    while True:
-        assert proc.poll() is None, log_path.read_text()[-3000:]
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                break
-        except OSError:
-            assert time.monotonic() < deadline, "cnr-oci serve did not start"
-            time.sleep(0.05)
+    helpers.wait_served(proc, port, log_path)
     prefix = extra[extra.index("--repository-prefix") + 1].strip("/") if "--repository-prefix" in extra else ""
     return Server(tree, proc, port, registry, log_path, prefix)
 

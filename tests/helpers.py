@@ -8,9 +8,12 @@ import hashlib
 import io
 import json
 import secrets
+import subprocess
 import tarfile
+import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 
@@ -113,3 +116,16 @@ def put_manifest(registry_url: str, repo: str, ref: str, doc: dict[str, Any],
 
 def descriptor(media_type: str, data: bytes, **extra: Any) -> dict[str, Any]:
     return {"mediaType": media_type, "digest": "sha256:" + sha(data), "size": len(data), **extra}
+
+
+def wait_served(proc: subprocess.Popen[bytes], port: int, log_path: Path, timeout: float = 30) -> None:
+    """Until a `cnr-oci serve` subprocess answers /healthz; fails with its log's tail if it dies first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return
+        except OSError:
+            assert time.monotonic() < deadline, "cnr-oci serve did not start"
+            time.sleep(0.05)
