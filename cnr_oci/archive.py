@@ -55,6 +55,7 @@ class PushInput:
     metadata: dict[str, Any] | None
     force: bool
     chart: dict[str, Any] | None = field(default=None)
+    prov: bytes | None = None  # a chart's provenance file, stored as helm's provenance layer
 
 
 def parse_force(value: Any) -> bool:

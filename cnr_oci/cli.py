@@ -120,8 +120,10 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
      "open client connections per process; idle ones are closed first, then new ones refused (default 1000)"),
     ("--header-timeout", "header_timeout", _at_least(0.1, float),
      "seconds a client has to send a request's line and headers, and for the TLS handshake (default 10)"),
+    ("--disable-force-overwrite", "disable_force_overwrite", _bool,
+     "the ChartMuseum upload API ignores ?force: an existing chart version or .prov is never replaced"),
 ]
-SWITCHES = {"anonymous_read", "service_write", "tls_insecure", "insecure_open"}
+SWITCHES = {"anonymous_read", "service_write", "tls_insecure", "insecure_open", "disable_force_overwrite"}
 
 
 def env_name(flag: str) -> str:

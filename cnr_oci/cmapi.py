@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cnr_oci import appkeys, archive, errors, mapping, translate, upstream
+from cnr_oci import appkeys, archive, errors, mapping, provenance, translate, upstream
 from cnr_oci.archive import PushInput
 from cnr_oci.helmrepo import Index
 from cnr_oci.mapping import Package
@@ -207,23 +207,25 @@ def _form_parts(content_type: str, body: bytes | bytearray) -> dict[str, bytes]:
     raise errors.InvalidUsage("the multipart body is not terminated by its closing boundary")
 
 
-def parse_upload(content_type: str, body: bytes | bytearray, force: bool) -> PushInput:
-    """The chart of an upload (a raw .tgz or a form's `chart` field), checked as a CNR helm push.
-    CPU-bound: run in a thread.
+def parse_upload(content_type: str, body: bytes | bytearray, force: bool) -> tuple[PushInput | None, bytes | None]:
+    """(the chart, the provenance file) of an upload: a raw .tgz, or a form's `chart` and/or `prov` fields.
+    The chart is checked as a CNR helm push, and a provenance file must sign it. CPU-bound: run in a thread.
 
     Raises:
-        InvalidUsage: no chart, not a chart, a chart version that is not strict SemVer, a provenance file.
+        InvalidUsage: neither field, not a chart, a chart version that is not strict SemVer, a provenance
+            file that is not one or signs other bytes.
     """
     if content_type.split(";")[0].strip().lower() == "multipart/form-data":
         parts = _form_parts(content_type, body)
-        if PROV_FIELD in parts:
-            raise errors.InvalidUsage("provenance files (.prov) are not supported yet: upload the chart alone")
-        if CHART_FIELD not in parts:
+        if CHART_FIELD not in parts and PROV_FIELD not in parts:
             raise errors.InvalidUsage(f"no package or provenance file found in form fields {CHART_FIELD} "
                                       f"and {PROV_FIELD}")  # handlers.go's message
-        blob = parts[CHART_FIELD]
+        blob, prov = parts.get(CHART_FIELD), parts.get(PROV_FIELD)
     else:
-        blob = bytes(body)
+        blob, prov = bytes(body), None
+    signed = None if prov is None else provenance.parse(prov)
+    if blob is None:
+        return None, prov
     if not blob:
         raise errors.InvalidUsage("the chart is empty")
     chart_yaml = archive.inspect_tarball(blob, "helm")
@@ -235,9 +237,16 @@ def parse_upload(content_type: str, body: bytes | bytearray, force: bool) -> Pus
     if not mapping.is_release(version):
         raise errors.InvalidUsage(f"chart version {version[:80]!r} is not strict SemVer 2.0, which cnr-oci "
                                   "needs for a release")
-    return PushInput(release=version, media_type="helm", blob=blob,
-                     digest="sha256:" + hashlib.sha256(blob).hexdigest(), metadata=None, force=force,
-                     chart=chart_yaml)
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    if signed is not None:
+        provenance.check_signs(signed, chart_yaml["name"], version, digest)
+    return PushInput(release=version, media_type="helm", blob=blob, digest=digest, metadata=None, force=force,
+                     chart=chart_yaml, prov=prov), None
+
+
+def _force(request: web.Request) -> bool:
+    """ChartMuseum: `_, force := c.GetQuery("force")`, present means force, unless the server forbids it."""
+    return "force" in request.query and not request.config_dict[appkeys.SETTINGS].disable_force_overwrite
 
 
 @cm_errors("cm_upload")
@@ -250,12 +259,14 @@ async def upload(request: web.Request) -> web.Response:
     limit = request.config_dict[appkeys.SETTINGS].max_body_size
     if request.content_length is not None and request.content_length > limit:
         raise errors.PayloadTooLarge(f"the body exceeds the limit of {limit} bytes", {"limit": limit})
-    # ChartMuseum: `_, force := c.GetQuery("force")`, present means force.
-    force = "force" in request.query
+    force = _force(request)
     async with _push_slot(request):
         raw = await _read_body(request, limit)
-        inp = await asyncio.to_thread(parse_upload, request.headers.get("Content-Type", ""), raw, force)
+        inp, prov = await asyncio.to_thread(parse_upload, request.headers.get("Content-Type", ""), raw, force)
         del raw
+        if inp is None:
+            assert prov is not None
+            return await _attach(request, prov, force)
         assert inp.chart is not None  # parse_upload returns charts only
         pkg = _package(request, str(inp.chart["name"]))
         # The index keeps one file per chart name and version: one held by another package would hide this.
@@ -272,10 +283,44 @@ async def upload(request: web.Request) -> web.Response:
     return web.json_response({"saved": True}, status=201)
 
 
+async def _attach(request: web.Request, raw: bytes, force: bool) -> web.Response:
+    """A provenance file alone: added to the release that holds the chart it signs (there is no other
+    place for it in OCI: a layer needs its chart's manifest), as helm's provenance layer."""
+    prov = provenance.parse(raw)
+    index = await _index(request)
+    where = index.files.get(prov.chart_file)
+    if where is None:
+        raise errors.ResourceNotFound(f"no chart {prov.chart_file[:200]} in this repository: upload the chart "
+                                      "first, or the chart and its .prov in one form")
+    pkg = _package(request, prov.name)
+    if where.package.full != pkg.full:
+        raise errors.ResourceNotFound(f"chart {prov.chart_file[:200]} is stored in the package "
+                                      f"{where.package.full}, not {pkg.full}")
+    release = mapping.tag_to_release(where.tag)
+    if release is None or not mapping.is_release(release):
+        raise errors.InvalidUsage(f"chart {prov.chart_file[:200]} is not in a CNR release (its tag is not "
+                                  "strict SemVer)")
+    provenance.check_signs(prov, prov.name, prov.version, where.digest)
+    store = _store(request)
+    async with store.write.push_rights(pkg):
+        try:
+            await store.write.attach_provenance(pkg, release, where.digest, prov.chart_file, raw, force)
+        except errors.PackageExists:
+            raise errors.PackageExists(f"file already exists: {prov.chart_file}.prov; upload with ?force to "
+                                       "overwrite") from None
+    return web.json_response({"saved": True}, status=201)
+
+
 @cm_errors("cm_upload")
 async def upload_prov(request: web.Request) -> web.Response:
-    """POST .../prov: ChartMuseum stores a provenance file alone; cnr-oci has no provenance layer yet."""
-    raise errors.InvalidUsage("provenance files (.prov) are not supported yet")
+    """POST .../prov: a raw provenance file (handlers.go postProvenanceFileRequestHandler)."""
+    await _store(request).client.check_credentials()
+    if request.content_length is not None and request.content_length > provenance.MAX_PROV:
+        raise errors.PayloadTooLarge(f"the body exceeds the limit of {provenance.MAX_PROV} bytes",
+                                     {"limit": provenance.MAX_PROV})
+    async with _push_slot(request):
+        raw = bytes(await _read_body(request, provenance.MAX_PROV))
+        return await _attach(request, raw, _force(request))
 
 
 def setup_cm_routes(app: web.Application) -> None:

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from cnr_oci import layout
 
 
 def documents(chart: dict[str, Any], release: str, blob_digest: str, blob_size: int, created: str,
-              metadata: dict[str, Any] | None, extra: dict[str, str] | None = None) -> tuple[bytes, dict[str, Any]]:
+              metadata: dict[str, Any] | None, extra: dict[str, str] | None = None,
+              prov: tuple[str, int] | None = None) -> tuple[bytes, dict[str, Any]]:
     """(config blob, manifest) as helm push writes them for a chart; CNR metadata, which helm's
-    layout has no place for, goes in an annotation."""
+    layout has no place for, goes in an annotation. ``prov`` (digest, size): the chart's provenance
+    file, a second layer as helm push adds it."""
     config = helm_config(chart)
     annotations = helm_annotations(chart, release, created)
     if metadata is not None:
         annotations[layout.ANN_METADATA] = json.dumps(metadata, sort_keys=True)
+    if len(config) <= layout.MAX_ANN_CHART and config.isascii():  # ASCII, as helm keeps annotations
+        annotations[layout.ANN_CHART] = config.decode()
     annotations.update(extra or {})
-    manifest = {
+    manifest: dict[str, Any] = {
         # helm push writes no top-level mediaType (the Content-Type says it); a chart's manifest
         # differs from helm's only in documented annotations.
         "schemaVersion": 2,
@@ -27,7 +32,15 @@ def documents(chart: dict[str, Any], release: str, blob_digest: str, blob_size: 
                     "annotations": {layout.ANN_TITLE: f"{chart['name']}-{release}.tgz"}}],
         "annotations": annotations,
     }
+    if prov is not None:
+        manifest["layers"].append(prov_descriptor(f"{chart['name']}-{release}.tgz.prov", *prov))
     return config, manifest
+
+
+def prov_descriptor(filename: str, digest: str, size: int) -> dict[str, Any]:
+    """helm's provenance layer, titled for ORAS as the .prov file is named."""
+    return {"mediaType": layout.HELM_PROV, "digest": digest, "size": size,
+            "annotations": {layout.ANN_TITLE: filename}}
 
 
 def helm_annotations(chart: dict[str, Any], release: str, created: str) -> dict[str, str]:
@@ -118,9 +131,14 @@ def _go_string(value: Any) -> Any:
     return value if isinstance(value, str) else str(value)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def go_json(doc: Any) -> bytes:
-    """JSON as Go's encoding/json writes it: compact, UTF-8, with <, > and & escaped."""
+    """JSON as Go's encoding/json writes it: compact, UTF-8, with <, > and & escaped; a lone surrogate
+    (YAML's "\\ud800" escape) becomes U+FFFD, as Go strings hold it."""
     text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=str, allow_nan=False)
+    text = _SURROGATE.sub("\ufffd", text)
     for raw, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
                      ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
         text = text.replace(raw, esc)

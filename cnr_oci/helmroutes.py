@@ -33,11 +33,14 @@ async def helm_index(request: web.Request) -> web.Response:
 
 
 async def helm_chart(request: web.Request) -> web.StreamResponse:
-    """A chart file the index names, streamed from the registry and checked against its digest."""
+    """A chart file the index names, or its .prov, streamed from the registry and checked against its digest."""
     namespace = _namespace(request)
-    found = await _repo(request).chart(namespace, request.match_info["file"])
-    blob = await request.config_dict[appkeys.STORE].read.open_blob(found.package, found.digest)
-    return await stream_blob(request, blob, request.match_info["file"], None)
+    filename = request.match_info["file"]
+    package, digest = await _repo(request).chart(namespace, filename)
+    blob = await request.config_dict[appkeys.STORE].read.open_blob(package, digest)
+    # A .prov as ChartMuseum sends it (pkg/repo ProvenanceFileContentType).
+    kind = "application/pgp-signature" if filename.endswith(".prov") else "application/x-gzip"
+    return await stream_blob(request, blob, filename, None, kind)
 
 
 def setup_helm_routes(app: web.Application) -> None:

@@ -21,6 +21,8 @@ MANIFEST_ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LI
 HELM_CONFIG = "application/vnd.cncf.helm.config.v1+json"
 HELM_LAYER = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
 HELM_LEGACY_LAYER = "application/tar+gzip"
+# helm push adds a chart's .prov file as this layer, after the chart (helm pkg/registry ProvLayerMediaType).
+HELM_PROV = "application/vnd.cncf.helm.chart.provenance.v1.prov"
 CNR_CONFIG = "application/vnd.cnr.package.config.v1+json"
 CHANNEL_CONFIG = "application/vnd.cnr.channel.v1+json"
 CHANNEL_ARTIFACT = "application/vnd.cnr.channel.v1"
@@ -38,9 +40,14 @@ ANN_MEDIA_TYPE = "vnd.cnr.package.media-type"
 # hashed: "tar" (appr, Quay: the gunzipped tar) or "tar+gzip" (the blob as stored).
 ANN_SOURCE_DIGEST = "vnd.cnr.package.source-digest"
 ANN_SOURCE_DIGEST_OF = "vnd.cnr.package.source-digest-of"
+# On chart manifests cnr-oci writes: the config blob itself (Chart.yaml as helm marshals it), so a chart
+# repository's index is built from manifests alone; trusted only where its sha256 is the config's digest.
+ANN_CHART = "vnd.cnr.package.chart"
+# Larger configs, and those with non-ASCII text, are not copied (the index reads the config blob instead).
+MAX_ANN_CHART = 16 * 1024
 # Annotations only cnr-oci writes: a chart's own annotations may not set them.
 OWN_ANNOTATIONS = frozenset({ANN_TITLE, ANN_VERSION, ANN_METADATA, ANN_MEDIA_TYPE, ANN_SOURCE_DIGEST,
-                             ANN_SOURCE_DIGEST_OF})
+                             ANN_SOURCE_DIGEST_OF, ANN_CHART})
 # Index entries of packages: platform unknown/unknown, as buildx writes for attestations.
 UNKNOWN_PLATFORM = {"architecture": "unknown", "os": "unknown"}
 
@@ -109,6 +116,14 @@ def content_layer(manifest: dict[str, Any]) -> dict[str, Any] | None:
     for layer in manifest.get("layers") or []:
         mt = layer.get("mediaType", "") if isinstance(layer, dict) else ""
         if isinstance(mt, str) and (mt in (HELM_LAYER, HELM_LEGACY_LAYER) or mapping.long_media_type_name(mt)):
+            return dict(layer)
+    return None
+
+
+def prov_layer(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """helm's provenance layer (a chart's signed .prov file), if the manifest has one."""
+    for layer in manifest.get("layers") or []:
+        if isinstance(layer, dict) and layer.get("mediaType") == HELM_PROV and isinstance(layer.get("digest"), str):
             return dict(layer)
     return None
 

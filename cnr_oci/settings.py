@@ -42,6 +42,8 @@ class Settings:
     registry_binary: str = "docker-registry"
     # Security (see README "Security defaults").
     insecure_open: bool = False
+    # ChartMuseum's --disable-force-overwrite: its upload API ignores ?force (409 on an existing version).
+    disable_force_overwrite: bool = False
     # The HTTP edge (cnr_oci/server.py and bodies.py explain the numbers).
     max_connections: int = 1000
     header_timeout: float = 10.0

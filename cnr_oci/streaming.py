@@ -21,7 +21,8 @@ STREAM_CHUNK = b64_chunk_size(1024 * 1024)
 
 
 async def stream_blob(request: web.Request, blob: blobs.BlobStream, filename: str,
-                      json_fields: dict[str, Any] | None) -> web.StreamResponse:
+                      json_fields: dict[str, Any] | None,
+                      content_type: str = "application/x-gzip") -> web.StreamResponse:
     """Pass the blob through; with ``json_fields``, as a JSON pull document with the blob base64ed
     on the fly.
 
@@ -34,7 +35,7 @@ async def stream_blob(request: web.Request, blob: blobs.BlobStream, filename: st
         resp = web.StreamResponse()
         prefix = suffix = b""
         if json_fields is None:
-            resp.content_type = "application/x-gzip"
+            resp.content_type = content_type
             resp.headers["Content-Disposition"] = filename
             if blob.size is not None:
                 resp.content_length = blob.size

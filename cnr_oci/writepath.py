@@ -54,10 +54,13 @@ class Release:
     force: bool
     created: str | None = None  # None: now
     annotations: dict[str, str] = field(default_factory=dict)  # more, on the manifest
+    prov: tuple[str, int] | None = None  # a chart's provenance file: (digest, size)
 
     @classmethod
     def of(cls, inp: PushInput) -> Release:
-        return cls(inp.release, inp.media_type, inp.digest, len(inp.blob), inp.metadata, inp.chart, inp.force)
+        prov = None if inp.prov is None else (layout.sha256(inp.prov), len(inp.prov))
+        return cls(inp.release, inp.media_type, inp.digest, len(inp.blob), inp.metadata, inp.chart, inp.force,
+                   prov=prov)
 
 
 def documents(pkg: Package, rel: Release, created: str, max_manifest: int) -> tuple[bytes, bytes]:
@@ -68,13 +71,35 @@ def documents(pkg: Package, rel: Release, created: str, max_manifest: int) -> tu
     """
     if rel.chart is not None:
         config, doc = helm.documents(rel.chart, rel.release, rel.digest, rel.size, created, rel.metadata,
-                                     rel.annotations)
+                                     rel.annotations, rel.prov)
     else:
         config, doc = layout.artifact_documents(pkg, rel.release, rel.media_type, rel.digest, rel.size,
                                                 rel.metadata, created, rel.annotations)
     raw = layout.compact(doc)
     layout.check_size(config, raw, max_manifest)
     return config, raw
+
+
+async def refuse_if_shared(read: ReadModel, repo: str, tag: str, digest: str) -> None:
+    """distribution deletes by digest, which untags every tag on that manifest. cnr-oci's own
+    manifests are unique per release, but another tool may have tagged one (``latest``):
+    never remove such a tag silently.
+
+    Raises:
+        ResourceInUse: other tags point at the manifest; they are named.
+    """
+    try:
+        tags = [t for t in await read.bounded(read.client.tags(repo)) if t != tag]
+    except upstream.NotFound:
+        return
+    heads = await read.gather(read.bounded(read.client.head_manifest(repo, t)) for t in tags)
+    others = sorted(t for t, d in zip(tags, heads, strict=True) if d == digest)
+    if others:
+        raise errors.ResourceInUse(
+            f"the manifest of {repo}:{tag} is also tagged {', '.join(others)}; deleting it would "
+            "remove those tags too, so nothing was deleted: remove or move them first",
+            {"tags": others},
+        )
 
 
 class WritePath:
@@ -108,9 +133,10 @@ class WritePath:
 
     async def push(self, pkg: Package, inp: PushInput, session: blobs.UploadSession | None = None) -> None:
         """Store a pushed package (E7); the blob is in memory, as the push body brought it."""
-        await self.write(pkg, Release.of(inp), inp.blob, session)
+        await self.write(pkg, Release.of(inp), inp.blob, session, inp.prov)
 
-    async def write(self, pkg: Package, rel: Release, blob: Body, session: blobs.UploadSession | None = None) -> None:
+    async def write(self, pkg: Package, rel: Release, blob: Body, session: blobs.UploadSession | None = None,
+                    prov: bytes | None = None) -> None:
         """Store a package: its blob (bytes, or a spooled file sent in chunks), config, manifest, tag.
 
         A release that already holds other media types, or a container image, becomes
@@ -137,18 +163,51 @@ class WritePath:
             await asyncio.gather(
                 self.client.upload_blob(repo, rel.digest, blob, home if home != repo else None, session),
                 self.client.upload_blob(repo, layout.sha256(config), config),
+                *([self.client.upload_blob(repo, layout.sha256(prov), prov)] if prov is not None else []),
             )
             self._blob_home[rel.digest] = repo
-            new = Manifest(layout.sha256(raw), layout.OCI_MANIFEST, raw, json.loads(raw))
-            replaced = held.packages.get(rel.media_type, ({}, None))[0].get("digest")
-            children = [c for c in held.children if c["digest"] != replaced]
-            children.append(layout.package_descriptor(rel.media_type, new))
-            if len(children) > 1:
-                await self.client.put_manifest(repo, new.digest, raw, layout.OCI_MANIFEST)
-            try:
-                await self._write_tag(repo, tag, held, children, {new.digest: new})
-            finally:
-                self.read.forget(repo, tag)
+            await self._replace(repo, tag, held, rel.media_type, raw)
+
+    async def _replace(self, repo: str, tag: str, held: Contents, media_type: str, raw: bytes) -> None:
+        """Point the release at a new manifest for one media type, beside the others it holds."""
+        new = Manifest(layout.sha256(raw), layout.OCI_MANIFEST, raw, json.loads(raw))
+        replaced = held.packages.get(media_type, ({}, None))[0].get("digest")
+        children = [c for c in held.children if c["digest"] != replaced]
+        children.append(layout.package_descriptor(media_type, new))
+        if len(children) > 1:
+            await self.client.put_manifest(repo, new.digest, raw, layout.OCI_MANIFEST)
+        try:
+            await self._write_tag(repo, tag, held, children, {new.digest: new})
+        finally:
+            self.read.forget(repo, tag)
+
+    async def attach_provenance(self, pkg: Package, release: str, chart_digest: str, filename: str,
+                                prov: bytes, force: bool) -> None:
+        """Add a chart's provenance file to its release, as helm's provenance layer in the same manifest
+        (the chart, config and annotations are kept as they are).
+
+        Raises:
+            PackageNotFound: the release holds no chart with that digest.
+            PackageExists: it has a provenance file and force is off.
+        """
+        mapping.check_release(release)
+        repo = self.read.repo(pkg)
+        async with self.locks.hold(repo):
+            await self._settle_before_listing(repo)
+            held = await self.read.contents(repo, release, fresh=True)
+            chart = held.packages.get("helm", ({}, None))[1]
+            if chart is None or (layout.content_layer(chart.doc) or {}).get("digest") != chart_digest:
+                raise errors.PackageNotFound(f"{pkg.full} release {release} holds no chart {chart_digest}",
+                                             {"package": pkg.full, "release": release, "media_type": "helm"})
+            if layout.prov_layer(chart.doc) is not None and not force:
+                raise errors.PackageExists(f"{pkg.full} release {release} has a provenance file already",
+                                           {"package": pkg.full, "release": release, "media_type": "helm"})
+            digest = layout.sha256(prov)
+            await self.client.upload_blob(repo, digest, prov)
+            doc = dict(chart.doc)
+            doc["layers"] = [*(x for x in doc.get("layers") or [] if x.get("mediaType") != layout.HELM_PROV),
+                             helm.prov_descriptor(filename + ".prov", digest, len(prov))]
+            await self._replace(repo, mapping.release_to_tag(release), held, "helm", layout.compact(doc))
 
     async def delete(self, pkg: Package, release: str, media_type: str) -> None:
         """Delete one exact (release, media type).
@@ -209,7 +268,7 @@ class WritePath:
         """Point a release tag at what it now holds: nothing, one manifest, or an index."""
         if not children:
             if held.top is not None:
-                await self._refuse_if_shared(repo, tag, held.top.digest)
+                await refuse_if_shared(self.read, repo, tag, held.top.digest)
                 await self.client.delete_manifest(repo, held.top.digest)
             return
         if len(children) == 1:
@@ -221,27 +280,6 @@ class WritePath:
                 await self._put_tag(repo, tag, m.raw, m.media_type or layout.OCI_MANIFEST, held.top)
             return
         await self._put_tag(repo, tag, layout.release_index(children, held.top), layout.OCI_INDEX, held.top)
-
-    async def _refuse_if_shared(self, repo: str, tag: str, digest: str) -> None:
-        """distribution deletes by digest, which untags every tag on that manifest. cnr-oci's own
-        manifests are unique per release, but another tool may have tagged one (``latest``):
-        never remove such a tag silently.
-
-        Raises:
-            ResourceInUse: other tags point at the manifest; they are named.
-        """
-        try:
-            tags = [t for t in await self.read.bounded(self.client.tags(repo)) if t != tag]
-        except upstream.NotFound:
-            return
-        heads = await self.read.gather(self.read.bounded(self.client.head_manifest(repo, t)) for t in tags)
-        others = sorted(t for t, d in zip(tags, heads, strict=True) if d == digest)
-        if others:
-            raise errors.ResourceInUse(
-                f"the manifest of {repo}:{tag} is also tagged {', '.join(others)}; deleting it would "
-                "remove those tags too, so nothing was deleted: remove or move them first",
-                {"tags": others},
-            )
 
     async def _absent(self, repo: str, tag: str) -> bool:
         """Whether a tag is certainly absent (False when the registry cannot say)."""

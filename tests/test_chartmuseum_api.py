@@ -135,7 +135,7 @@ async def test_bad_uploads_get_chartmuseum_errors_and_store_nothing(make_client,
         (b"not a tarball", 400),
         (chart("web", "1.0"), 400),  # helm takes it, CNR needs strict SemVer
         (helpers.kpm(), 400),  # no Chart.yaml
-        (form(chart("web", "1.0.0"), prov=b"-----BEGIN PGP SIGNED MESSAGE-----"), 400),  # no provenance yet
+        (form(chart("web", "1.0.0"), prov=b"-----BEGIN PGP SIGNED MESSAGE-----"), 400),  # not a .prov
         (form(chart("web", "1.0.0"), field="other"), 400),
         (secrets.token_bytes(100 * 1024), 413),
     ]
@@ -182,6 +182,6 @@ def test_hostile_forms_are_refused_with_400():
             parse_upload(ct, body, False)
     with pytest.raises(errors.InvalidUsage, match="boundary"):
         parse_upload("multipart/form-data", part, False)
-    ok = parse_upload(ct, b"preamble\r\n--XyZ\r\nContent-Disposition: form-data; name=\"chart\"; filename=\"c.tgz\""
+    ok, _ = parse_upload(ct, b"preamble\r\n--XyZ\r\nContent-Disposition: form-data; name=\"chart\"; filename=\"c.tgz\""
                       b"\r\n\r\n" + chart("c", "1.0.0") + b"\r\n--XyZ--\r\n", True)
-    assert ok.release == "1.0.0" and ok.force and ok.blob == chart("c", "1.0.0")
+    assert ok is not None and ok.release == "1.0.0" and ok.force and ok.blob == chart("c", "1.0.0")

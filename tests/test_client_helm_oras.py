@@ -28,7 +28,8 @@ HELM_CONFIG = "application/vnd.cncf.helm.config.v1+json"
 HELM_LAYER = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
 # The manifest annotations cnr-oci may write where helm writes others or none (docs/storage.md, helm).
 DOCUMENTED = {f"org.opencontainers.image.{k}" for k in ("title", "version", "description", "created", "url",
-                                                         "source", "authors")} | {"vnd.cnr.package.metadata"}
+                                                         "source", "authors")} | {"vnd.cnr.package.metadata",
+                                                                                    "vnd.cnr.package.chart"}
 
 
 

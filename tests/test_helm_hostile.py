@@ -168,3 +168,24 @@ async def test_an_upload_of_a_chart_version_another_package_holds_is_409_not_sto
         body = await resp.json()
         assert resp.status == 409 and f"{ns}/database" in body["error"], (query, resp.status, body)
     assert helpers.tags(registry.url, f"{ns}/web") == []
+
+
+async def test_a_lone_surrogate_in_chart_yaml_or_a_config_is_a_400_or_ufffd_never_a_500(client, registry):
+    """YAML's "\\ud800" escape is refused by the chart checks (400, on CNR and ChartMuseum's API); a config
+    another tool wrote with JSON's "\\ud800" is listed with U+FFFD (helm's YAML parser refuses a surrogate
+    escape, which would break the whole index)."""
+    import yaml
+
+    from tests.test_interop import push_like_helm
+
+    ns = ns_()
+    text = b'apiVersion: v2\nname: sur\nversion: 1.0.0\ndescription: "a\\ud800b"\n'
+    blob = helpers.tarball({"sur/Chart.yaml": text})
+    resp = await client.post(f"/cnr/api/v1/packages/{ns}/sur", json=helpers.body(blob, "1.0.0", "helm"))
+    assert resp.status == 400, await resp.text()
+    assert (await client.post(f"{CM}/{ns}/charts", data=blob)).status == 400
+    config = b'{"apiVersion":"v2","name":"sur","version":"1.0.0","description":"a\\ud800b"}'
+    push_like_helm(registry.url, f"{ns}/sur", "1.0.0", blob, config)
+    body = await (await client.get(f"/helm/{ns}/index.yaml")).read()
+    assert b"\\ud800" not in body
+    assert yaml.safe_load(body)["entries"]["sur"][0]["description"] == "a\ufffdb"

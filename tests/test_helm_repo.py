@@ -156,3 +156,107 @@ async def test_helm_dependency_update_resolves_from_the_repository(client, helm,
     await asyncio.to_thread(helm, "repo", "add", "deps", base)  # helm 3.8 wants the repository known
     await asyncio.to_thread(helm, "dependency", "update", str(app))
     assert (app / "charts" / "lib-0.2.0.tgz").read_bytes() == lib
+
+
+async def test_a_chart_pushed_by_oras_py_is_in_the_index_and_pulled_by_helm(client, registry, helm, tmp_path):
+    """oras-py, an independent OCI client, pushes a chart in helm's media types; helm finds it through
+    the classic repository and pulls the same bytes."""
+    import oras.client
+
+    from cnr_oci.layout import HELM_CONFIG, HELM_LAYER
+
+    ns = "o" + secrets.token_hex(3)
+    tgz = chart("orased", "0.4.0")
+    (tmp_path / "orased-0.4.0.tgz").write_bytes(tgz)
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"name": "orased", "version": "0.4.0", "apiVersion": "v2", "appVersion": "7"}))
+    oras_client = oras.client.OrasClient(hostname=registry.host, insecure=True)
+    await asyncio.to_thread(oras_client.push, target=f"{registry.host}/{ns}/orased:0.4.0",
+                            files=[f"{tmp_path / 'orased-0.4.0.tgz'}:{HELM_LAYER}"],
+                            manifest_config=f"{cfg}:{HELM_CONFIG}", disable_path_validation=True, quiet=True)
+    alias = "or" + secrets.token_hex(2)
+    await asyncio.to_thread(helm, "repo", "add", alias, str(client.make_url(f"/helm/{ns}")))
+    found = await asyncio.to_thread(helm, "search", "repo", f"{alias}/orased")
+    assert "0.4.0" in found and "7" in found
+    (tmp_path / "out").mkdir()
+    await asyncio.to_thread(helm, "pull", f"{alias}/orased", "--version", "0.4.0", "-d", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "orased-0.4.0.tgz").read_bytes() == tgz
+
+
+async def test_odd_characters_in_chart_yaml_reach_helm_and_pyyaml_unchanged(client, helm):
+    """Each entry is a JSON flow mapping: YAML-looking words stay strings, and characters YAML treats
+    specially (line separators, NEL, DEL, a BOM, emoji, quotes) are escaped so both parsers read them back."""
+    ns = "u" + secrets.token_hex(3)
+    odd = "é 😀 \u2028 x\u0085y \u007f \ufeff: # {a} 'q' \"dq\" \\ end"
+    extra = "keywords: ['yes', '0x1', '~', 'null']\nannotations:\n  'a: b': 'on'\n"
+    text = "apiVersion: v2\nname: odd\nversion: 1.0.0\n" + yaml.safe_dump({"description": odd}) + extra
+    blob = helpers.tarball({"odd/Chart.yaml": text.encode(), "odd/values.yaml": b"a: 1\n"})
+    await push(client, ns, "odd", blob, "1.0.0")
+    entry = yaml.safe_load(await (await client.get(f"/helm/{ns}/index.yaml")).read())["entries"]["odd"][0]
+    assert entry["description"] == odd and entry["keywords"] == ["yes", "0x1", "~", "null"]
+    assert entry["annotations"] == {"a: b": "on"}
+    alias = "u" + secrets.token_hex(2)
+    await asyncio.to_thread(helm, "repo", "add", alias, str(client.make_url(f"/helm/{ns}")))
+    found = await asyncio.to_thread(helm, "search", "repo", f"{alias}/odd", "-o", "json")
+    # helm's Metadata.Validate (sanitizeString) makes spaces of space characters and drops what is not
+    # printable; everything else arrives as it is in Chart.yaml.
+    helms = "".join(" " if c.isspace() else c for c in odd if c.isspace() or c.isprintable())
+    assert json.loads(found)[0]["description"] == helms
+
+
+class Calls:
+    """Counts the registry calls the server's OCI client makes, by method name."""
+
+    def __init__(self, client, names=("catalog", "tags", "get_manifest", "get_small_blob")) -> None:
+        from collections import Counter
+
+        from cnr_oci import appkeys
+
+        self.counts: Counter[str] = Counter()
+        oci = client.app[appkeys.STORE].read.client
+        for name in names:
+            real = getattr(oci, name)
+
+            async def counted(*a, _real=real, _name=name, **kw):
+                self.counts[_name] += 1
+                return await _real(*a, **kw)
+
+            setattr(oci, name, counted)
+
+    def take(self) -> dict[str, int]:
+        out = dict(self.counts)
+        self.counts.clear()
+        return out
+
+
+async def test_a_cold_index_reads_no_configs_of_cnr_pushes_and_a_write_rereads_only_its_package(make_client,
+                                                                                               registry):
+    from cnr_oci.settings import Settings
+
+    client = await make_client(Settings(upstream=registry.url, cache_ttl=300))
+    ns = "c" + secrets.token_hex(3)
+    for i in range(4):
+        for v in ("1.0.0", "1.1.0"):
+            await push(client, ns, f"p{i}", chart(f"p{i}", v), v)
+    calls = Calls(client)
+    # Cold for this server's caches: forget what the pushes left, as a restart would.
+    from cnr_oci import appkeys
+
+    store = client.app[appkeys.STORE]
+    for i in range(4):
+        store.read.forget(f"{ns}/p{i}")
+    store.read._manifests.clear()
+    first = await client.get(f"/helm/{ns}/index.yaml")
+    assert first.status == 200 and len(yaml.safe_load(await first.read())["entries"]) == 4
+    cold = calls.take()
+    # One tag list per package, one manifest per release, and no config: cnr-oci's manifests carry a copy.
+    assert cold.get("tags") == 4 and cold.get("get_manifest") == 8 and not cold.get("get_small_blob"), cold
+    await push(client, ns, "p2", chart("p2", "1.2.0"), "1.2.0")
+    calls.take()
+    again = await client.get(f"/helm/{ns}/index.yaml")
+    assert [e["version"] for e in yaml.safe_load(await again.read())["entries"]["p2"]] == ["1.2.0", "1.1.0", "1.0.0"]
+    after_write = calls.take()
+    # Only p2 is read again (its tag list and its one new release's manifest), plus the catalog.
+    assert after_write.get("tags") == 1 and after_write.get("get_manifest", 0) <= 1, after_write
+    warm = await client.get(f"/helm/{ns}/index.yaml", headers={"If-None-Match": again.headers["ETag"]})
+    assert warm.status == 304 and calls.take() == {}

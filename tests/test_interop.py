@@ -87,6 +87,8 @@ async def test_cnr_push_of_a_chart_is_stored_exactly_as_helm_push_stores_it(clie
     assert layer == want["layers"][0]
     ann = dict(got["annotations"])
     assert RFC3339.match(ann.pop("org.opencontainers.image.created"))
+    # And a copy of the config (docs/storage.md), which the chart repository reads instead of the blob.
+    assert ann.pop("vnd.cnr.package.chart").encode() == config
     assert ann == want["annotations"]
 
 

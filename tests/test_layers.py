@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cnr_oci"
 # Bottom to top. A module may import from lower layers, and from modules listed before it in its own.
 LAYERS: list[tuple[str, list[str]]] = [
     ("vocabulary", ["errors", "settings", "metrics", "schemas", "safejson", "mapping", "auth"]),
-    ("documents", ["layout", "helm", "tarscan", "archive"]),
+    ("documents", ["layout", "helm", "provenance", "tarscan", "archive"]),
     ("registry", ["challenge", "upstream", "transport", "blobs", "oci", "embedded", "locks",
                   "cnrsource"]),
     ("storage", ["entries", "readmodel", "writepath", "channels", "catalog", "helmrepo", "store", "migratereport",
