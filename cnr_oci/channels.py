@@ -9,7 +9,8 @@ from cnr_oci import errors, layout, mapping, schemas
 from cnr_oci.layout import Manifest
 from cnr_oci.mapping import Package
 from cnr_oci.readmodel import ReadModel
-from cnr_oci.writepath import WritePath, now_iso
+from cnr_oci.release import now_iso
+from cnr_oci.writepath import WritePath
 
 Stored = tuple[dict[str, Any], Manifest]
 

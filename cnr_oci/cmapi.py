@@ -122,14 +122,14 @@ async def chart(request: web.Request) -> web.Response:
 
 def _version(index: Index, name: str, version: str) -> dict[str, Any]:
     """helm's IndexFile.Get as ChartMuseum calls it: an exact version, or "latest": the newest
-    version without a pre-release. Version ranges are not supported."""
+    version without a pre-release (versions read loosely, as helm does). Version ranges are not supported."""
     versions = index.entries.get(name)
     if not versions:
         raise errors.ResourceNotFound("no chart name found")
-    for entry in versions:
+    for entry in versions:  # newest first, as helm sorts them
+        loose = mapping.helm_version(str(entry.get("version")))
         if entry.get("version") == version or (
-                version == "latest" and mapping.is_release(str(entry.get("version")))
-                and "-" not in str(entry["version"]).split("+")[0]):
+                version == "latest" and loose is not None and "-" not in loose.split("+")[0]):
             return entry
     raise errors.ResourceNotFound(f"no chart version found for {name}-{version}")
 
@@ -158,7 +158,13 @@ async def delete_chart_version(request: web.Request) -> web.Response:
         raise errors.ResourceNotFound(
             f"chart {name} {version} is stored in the package {where.package.full}, not {pkg.full}: "
             f"delete it there (CNR API: DELETE /cnr/api/v1/packages/{where.package.full}/{version}/helm)")
-    # The release (tag) holding this chart version: appr let a release carry a chart of another version.
+    # The release (tag) holding this chart version: appr let a release carry a chart of another version,
+    # and several releases the same one: then deleting one would leave the chart listed.
+    holders = await _store(request).helm.holders(pkg, f"{name}-{version}.tgz")
+    if len(holders) > 1:
+        releases = sorted(str(mapping.tag_to_release(h.tag) or h.tag) for h in holders)
+        raise errors.ResourceInUse(f"chart {name} {version} is held by the releases {', '.join(releases)} of "
+                                   f"{pkg.full}: delete them through the CNR API")
     release = mapping.tag_to_release(where.tag) if where is not None else version
     if release is None or not mapping.is_release(release):
         raise errors.InvalidUsage(f"chart {name} {version} is not in a CNR release (its tag is not strict "
@@ -244,6 +250,12 @@ def parse_upload(content_type: str, body: bytes | bytearray, force: bool) -> tup
                      chart=chart_yaml, prov=prov), None
 
 
+def _overwrite_hint(request: web.Request) -> str:
+    if request.config_dict[appkeys.SETTINGS].disable_force_overwrite:
+        return " (this server does not overwrite: --disable-force-overwrite)"
+    return "; upload with ?force to overwrite"
+
+
 def _force(request: web.Request) -> bool:
     """ChartMuseum: `_, force := c.GetQuery("force")`, present means force, unless the server forbids it."""
     return "force" in request.query and not request.config_dict[appkeys.SETTINGS].disable_force_overwrite
@@ -278,8 +290,8 @@ async def upload(request: web.Request) -> web.Response:
             try:
                 await store.write.push(pkg, inp, session)
             except errors.PackageExists:
-                raise errors.PackageExists(f"file already exists: {namespace}/{pkg.name} {inp.release}; "
-                                           "upload with ?force to overwrite") from None
+                raise errors.PackageExists(f"file already exists: {namespace}/{pkg.name} {inp.release}"
+                                           + _overwrite_hint(request)) from None
     return web.json_response({"saved": True}, status=201)
 
 
@@ -306,8 +318,8 @@ async def _attach(request: web.Request, raw: bytes, force: bool) -> web.Response
         try:
             await store.write.attach_provenance(pkg, release, where.digest, prov.chart_file, raw, force)
         except errors.PackageExists:
-            raise errors.PackageExists(f"file already exists: {prov.chart_file}.prov; upload with ?force to "
-                                       "overwrite") from None
+            raise errors.PackageExists(f"file already exists: {prov.chart_file}.prov"
+                                       + _overwrite_hint(request)) from None
     return web.json_response({"saved": True}, status=201)
 
 

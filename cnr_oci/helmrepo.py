@@ -99,10 +99,11 @@ def _flow(value: Any) -> str:
 
 
 def _version_key(entry: dict[str, Any]) -> tuple[int, Any, str]:
-    """SemVer order where the version is SemVer (helm sorts that way), after the rest by text."""
+    """SemVer order as helm reads versions (loosely: 1.0 is 1.0.0), after the rest by text."""
     version = str(entry.get("version", ""))
-    if mapping.is_release(version):
-        return 1, mapping.semver_key(version), version
+    loose = mapping.helm_version(version)
+    if loose is not None:
+        return 1, mapping.semver_key(loose), version
     return 0, (), version
 
 
@@ -202,6 +203,12 @@ class HelmRepository:
         if not (isinstance(name, str) and isinstance(version, str) and name and version and "/" not in name):
             return None
         return config
+
+    async def holders(self, pkg: Package, filename: str) -> list[ChartFile]:
+        """Every release of the package holding ``<name>-<version>.tgz`` (appr let several releases hold
+        one chart version; the index shows one of them)."""
+        charts = (await self._package(pkg)).charts
+        return [where for entry, where in charts if entry["urls"][0] == f"charts/{filename}"]
 
     async def chart(self, namespace: str, filename: str) -> tuple[Package, str]:
         """(package, blob digest) of ``<name>-<version>.tgz`` of the namespace's index, or of its

@@ -162,6 +162,21 @@ def check_digest(value: str) -> str:
     return value
 
 
+# helm reads chart versions with Masterminds semver's loose form: "v" prefix, minor and patch optional.
+_LOOSE = re.compile(r"v?(\d{1,9})(?:\.(\d{1,9}))?(?:\.(\d{1,9}))?(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?")
+
+
+def helm_version(value: str) -> str | None:
+    """A chart version as helm reads it (1.0 is 1.0.0, v2 is 2.0.0), as strict SemVer; None when helm
+    cannot read it as a version."""
+    m = _LOOSE.fullmatch(value)
+    if m is None:
+        return None
+    major, minor, patch, pre, build = m.groups()
+    strict = f"{int(major)}.{int(minor or 0)}.{int(patch or 0)}{pre or ''}{build or ''}"
+    return strict if is_release(strict) else None
+
+
 def semver_key(release: str) -> Any:
     """A strict SemVer release's sort key (SemVer precedence)."""
     return semantic_version.Version(release)

@@ -32,8 +32,8 @@ from cnr_oci.migratereport import (
     Progress,
     Report,
 )
+from cnr_oci.release import Release
 from cnr_oci.store import Store
-from cnr_oci.writepath import Release
 
 log = logging.getLogger(__name__)
 # Fault injection for the kill-and-resume tests: the process SIGKILLs itself at this point

@@ -4,12 +4,12 @@ bookkeeping of tag writes whose outcome is unknown."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cachetools import LRUCache
@@ -22,6 +22,7 @@ from cnr_oci.layout import Manifest
 from cnr_oci.locks import PackageLocks
 from cnr_oci.mapping import Package
 from cnr_oci.readmodel import ReadModel
+from cnr_oci.release import Release, documents, now_iso, signature_of
 from cnr_oci.transport import Body
 
 log = logging.getLogger(__name__)
@@ -34,50 +35,6 @@ class InDoubt:
     digest: str  # what the tag points to if the failed write went through
     previous: Manifest | None  # what it pointed to before
     identity: Credentials | None
-
-
-def now_iso() -> str:
-    """RFC 3339 in UTC to the second, as helm writes org.opencontainers.image.created."""
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(frozen=True)
-class Release:
-    """One (release, media type) to write: everything but the blob's bytes."""
-
-    release: str
-    media_type: str
-    digest: str  # the blob's
-    size: int
-    metadata: dict[str, Any] | None
-    chart: dict[str, Any] | None
-    force: bool
-    created: str | None = None  # None: now
-    annotations: dict[str, str] = field(default_factory=dict)  # more, on the manifest
-    prov: tuple[str, int] | None = None  # a chart's provenance file: (digest, size)
-
-    @classmethod
-    def of(cls, inp: PushInput) -> Release:
-        prov = None if inp.prov is None else (layout.sha256(inp.prov), len(inp.prov))
-        return cls(inp.release, inp.media_type, inp.digest, len(inp.blob), inp.metadata, inp.chart, inp.force,
-                   prov=prov)
-
-
-def documents(pkg: Package, rel: Release, created: str, max_manifest: int) -> tuple[bytes, bytes]:
-    """(config blob, manifest) for a release: helm's own layout for a chart, else a CNR artifact.
-
-    Raises:
-        PayloadTooLarge: they would pass the registry's manifest limit.
-    """
-    if rel.chart is not None:
-        config, doc = helm.documents(rel.chart, rel.release, rel.digest, rel.size, created, rel.metadata,
-                                     rel.annotations, rel.prov)
-    else:
-        config, doc = layout.artifact_documents(pkg, rel.release, rel.media_type, rel.digest, rel.size,
-                                                rel.metadata, created, rel.annotations)
-    raw = layout.compact(doc)
-    layout.check_size(config, raw, max_manifest)
-    return config, raw
 
 
 async def refuse_if_shared(read: ReadModel, repo: str, tag: str, digest: str) -> None:
@@ -147,7 +104,8 @@ class WritePath:
         """
         repo = self.read.repo(pkg)
         tag = mapping.release_to_tag(rel.release)
-        config, raw = documents(pkg, rel, rel.created or now_iso(), self.client.max_manifest)
+        created = rel.created or now_iso()
+        config, raw = documents(pkg, rel, created, self.client.max_manifest)
         async with self.locks.hold(repo):
             await self._settle_before_listing(repo)
             held = await self.read.contents(repo, rel.release, fresh=True)
@@ -157,6 +115,9 @@ class WritePath:
                     "push with force to overwrite",
                     {"package": pkg.full, "release": rel.release, "media_type": rel.media_type},
                 )
+            if (kept := signature_of(held, rel)) is not None:  # the same chart again: its .prov still signs it
+                rel = dataclasses.replace(rel, prov=kept)
+                config, raw = documents(pkg, rel, created, self.client.max_manifest)
             # Side by side, but under the lock: distribution answers 500 while concurrent
             # uploads of one digest commit into the same repository.
             home = self._blob_home.get(rel.digest)

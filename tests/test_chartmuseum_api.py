@@ -185,3 +185,39 @@ def test_hostile_forms_are_refused_with_400():
     ok, _ = parse_upload(ct, b"preamble\r\n--XyZ\r\nContent-Disposition: form-data; name=\"chart\"; filename=\"c.tgz\""
                       b"\r\n\r\n" + chart("c", "1.0.0") + b"\r\n--XyZ--\r\n", True)
     assert ok is not None and ok.release == "1.0.0" and ok.force and ok.blob == chart("c", "1.0.0")
+
+
+async def test_delete_of_a_chart_version_several_releases_hold_is_409_naming_them(client, registry):
+    """appr let releases 1.0.0 and 1.1.0 hold the same chart 0.1.0: deleting one would leave it listed."""
+    ns = ns_()
+    same = chart("myapp", "0.1.0")
+    for release in ("1.0.0", "1.1.0"):
+        await push(client, ns, "myapp", same, release)
+    resp = await client.delete(f"{CM}/{ns}/charts/myapp/0.1.0")
+    body = await resp.json()
+    assert resp.status == 409 and "1.0.0, 1.1.0" in body["error"] and set(body) == {"error"}
+    assert helpers.tags(registry.url, f"{ns}/myapp") == ["1.0.0", "1.1.0"]
+    assert await index_versions(client, ns, "myapp") == ["0.1.0"]
+
+
+async def test_latest_and_the_order_read_versions_as_helm_does(client, registry):
+    """helm reads 1.0 as 1.0.0: it sorts above 0.5.0 and is the latest."""
+    from tests.test_interop import push_like_helm
+
+    ns = ns_()
+    for version in ("0.5.0", "1.0", "2.0-rc1"):
+        blob = chart("loose", version)
+        config = f'{{"apiVersion":"v2","name":"loose","version":"{version}"}}'.encode()
+        push_like_helm(registry.url, f"{ns}/loose", version, blob, config)
+    assert await index_versions(client, ns, "loose") == ["2.0-rc1", "1.0", "0.5.0"]
+    latest = await (await client.get(f"{CM}/{ns}/charts/loose/latest")).json()
+    assert latest["version"] == "1.0"
+
+
+async def test_with_disable_force_overwrite_the_409_does_not_suggest_force(make_client, registry):
+    client = await make_client(Settings(upstream=registry.url, disable_force_overwrite=True))
+    ns = ns_()
+    assert (await upload(client, ns, chart("app", "1.0.0"))).status == 201
+    resp = await upload(client, ns, chart("app", "1.0.0"), query="?force")
+    message = (await resp.json())["error"]
+    assert resp.status == 409 and "?force" not in message and "does not overwrite" in message

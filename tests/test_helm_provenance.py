@@ -172,3 +172,17 @@ async def test_disable_force_overwrite_makes_force_a_409(make_client, registry):
     resp = await upload(client, ns, chart("app", "1.0.0", "keywords: [x]\n"), query="?force")
     assert resp.status == 409 and "already exists" in (await resp.json())["error"]
     assert await (await client.get(f"/helm/{ns}/charts/app-1.0.0.tgz")).read() == first
+
+
+async def test_a_force_push_of_the_same_chart_keeps_its_provenance_and_of_another_drops_it(client, helm, keyring,
+                                                                                          tmp_path):
+    ns = "p" + secrets.token_hex(3)
+    tgz, prov = await asyncio.to_thread(signed_chart, helm, keyring, tmp_path, "web", "1.3.0")
+    assert (await upload(client, ns, form(tgz, prov=prov))).status == 201
+    api = f"/cnr/api/v1/packages/{ns}/web"
+    resp = await client.post(api, json=helpers.body(tgz, "1.3.0", "helm", force=True))
+    assert resp.status == 200, await resp.text()
+    assert await (await client.get(f"/helm/{ns}/charts/web-1.3.0.tgz.prov")).read() == prov
+    resp = await client.post(api, json=helpers.body(chart("web", "1.3.0"), "1.3.0", "helm", force=True))
+    assert resp.status == 200
+    assert (await client.get(f"/helm/{ns}/charts/web-1.3.0.tgz.prov")).status == 404
