@@ -18,6 +18,7 @@ from aiohttp.typedefs import Middleware
 from cnr_oci import appkeys, cmapi, helmroutes, logsafe, middleware, ops, routes
 from cnr_oci.auth import Credentials, TokenCodec, load_secret, service_credentials
 from cnr_oci.embedded import EmbeddedRegistry, has_users, htpasswd_path
+from cnr_oci.invalidation import Invalidation
 from cnr_oci.locks import PackageLocks
 from cnr_oci.metrics import Metrics
 from cnr_oci.oci import OciClient
@@ -100,17 +101,28 @@ async def open_backend(settings: Settings, upstream: str, metrics: Metrics) -> A
             settings.docker_config, client.base.host_port_subcomponent or "",
         )
         redis: Any = None
+        bus: Any = None
         if settings.redis_url:
             from redis.asyncio import from_url
 
             redis = from_url(settings.redis_url)
+            # Pub/sub on a pool of its own: a subscriber connection broken by an outage, back in a
+            # shared pool, failed the first lock taken after Redis returned.
+            bus = from_url(settings.redis_url, socket_keepalive=True)
+        invalidation: Invalidation | None = None
         try:
             store = Store(client, settings.repository_prefix, cache_ttl=settings.cache_ttl,
                           locks=PackageLocks(redis))
+            if bus is not None:  # other replicas' writes drop our caches, ours drop theirs
+                invalidation = Invalidation(bus, store.read)
+                await invalidation.start()
             yield Backend(store, creds)
         finally:
-            if redis is not None:
-                await redis.aclose()
+            if invalidation is not None:
+                await invalidation.close()
+            for conn in (bus, redis):
+                if conn is not None:
+                    await conn.aclose()
 
 
 async def client_ctx(app: web.Application) -> AsyncIterator[None]:

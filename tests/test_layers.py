@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("registry", ["challenge", "upstream", "transport", "blobs", "oci", "embedded", "locks",
                   "cnrsource"]),
     ("storage", ["entries", "readmodel", "writepath", "channels", "catalog", "helmrepo", "store", "migratereport",
-                 "migrate"]),
+                 "migrate", "invalidation"]),
     ("http", ["translate", "wire", "appkeys", "streaming", "bodies", "logsafe", "server", "middleware", "ops",
               "routes", "helmroutes", "cmapi"]),
     ("process", ["app", "migratecli", "cli", "__main__", "__init__"]),
