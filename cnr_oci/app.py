@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from prometheus_client import Gauge
 
 from cnr_oci import appkeys, cmapi, helmroutes, logsafe, middleware, ops, routes
 from cnr_oci.auth import Credentials, TokenCodec, load_secret, service_credentials
@@ -40,10 +42,17 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | bool:
 
 async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     """Start the embedded docker-registry when no upstream is given."""
-    settings = app[appkeys.SETTINGS]
-    if settings.upstream:
-        app[appkeys.UPSTREAM] = settings.upstream
+    async with upstream_of(app[appkeys.SETTINGS]) as url:
+        app[appkeys.UPSTREAM] = url
         yield
+
+
+@asynccontextmanager
+async def upstream_of(settings: Settings) -> AsyncIterator[str]:
+    """The registry's URL: --upstream, or an embedded docker-registry started here and stopped on exit
+    (once per server: the parent of --workers starts it for every worker)."""
+    if settings.upstream:
+        yield settings.upstream
         return
     users = htpasswd_path(settings.data_dir)
     reg = EmbeddedRegistry(settings.data_dir, binary=settings.registry_binary,
@@ -51,10 +60,9 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.to_thread(reg.start)
     log.info("embedded docker-registry on %s, storage in %s, %s", reg.url, reg.root / "registry",
              f"users from {users}" if reg.htpasswd else "open to anyone who reaches cnr-oci")
-    app[appkeys.UPSTREAM] = reg.url
     watcher = asyncio.create_task(_close_when_users_appear(reg, users)) if reg.htpasswd is None else None
     try:
-        yield
+        yield reg.url
     finally:
         if watcher is not None:
             watcher.cancel()
@@ -163,6 +171,9 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_size)
     app[appkeys.SETTINGS] = settings
     app[appkeys.METRICS] = Metrics()
+    # Each --workers process has metrics of its own: say which one answered the scrape.
+    Gauge("cnr_oci_process_id", "Process id of the server process that answered",
+          registry=app[appkeys.METRICS].registry).set(os.getpid())
     # Push bodies in memory at once (each up to max_body_size, about 3x that while decoded).
     app[appkeys.PUSH_SLOTS] = asyncio.Semaphore(settings.max_concurrent_pushes)
     app[appkeys.TOKENS] = TokenCodec(load_secret(settings.token_secret, settings.data_dir), settings.token_ttl)

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, list[str]]] = [
                  "migrate", "invalidation"]),
     ("http", ["translate", "wire", "appkeys", "streaming", "bodies", "logsafe", "server", "middleware", "ops",
               "routes", "helmroutes", "cmapi"]),
-    ("process", ["app", "migratecli", "cli", "__main__", "__init__"]),
+    ("process", ["app", "workers", "migratecli", "cli", "__main__", "__init__"]),
 ]
 RANK = {m: (i, j) for i, (_, mods) in enumerate(LAYERS) for j, m in enumerate(mods)}
 MAX_MODULE_LINES = 350

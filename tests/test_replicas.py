@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -220,3 +222,73 @@ async def test_with_redis_stopped_reads_work_and_invalidation_resumes_when_it_is
         own_redis(True)
         await wait_subscribers(url, 2)  # both replicas subscribe again by themselves
         assert await force_push_seen(session, a, b)
+
+
+# -- --workers ----------------------------------------------------------------------------
+
+
+def _pids_of(needle: str) -> set[int]:
+    """Processes whose command line holds ``needle``."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle.encode() in (entry / "cmdline").read_bytes():
+                    found.add(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+def test_two_workers_share_one_port_and_one_embedded_registry_and_stop_on_sigterm(redis_server, tmp_path):
+    require_binary("docker-registry")
+    port, data, log_path = free_port(), tmp_path / "data", tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "cnr_oci", "serve", "--port", str(port), "--data-dir", str(data),
+                                 "--token-secret", TEST_SECRET, "--workers", "2", "--redis-url", redis_server],
+                                stdout=log, stderr=log)
+    try:
+        helpers.wait_served(proc, port, log_path)
+        pids: set[int] = set()
+        deadline = time.monotonic() + 20
+        while len(pids) < 2:  # each request on a new connection: the kernel spreads them over the workers
+            assert time.monotonic() < deadline, f"only {pids} answered"
+            status, raw, _ = helpers._get(f"http://127.0.0.1:{port}/metrics")
+            assert status == 200
+            pids |= {int(float(line.split()[1])) for line in raw.decode().splitlines()
+                     if line.startswith("cnr_oci_process_id ")}
+        assert proc.pid not in pids
+        for pid in pids:
+            assert f"PPid:\t{proc.pid}\n" in Path(f"/proc/{pid}/status").read_text()
+        registries = _pids_of(str(data / "registry.yml"))
+        assert len(registries) == 1, "the parent starts the embedded registry, once"
+        # Both workers serve the same store: a push through one is pulled through the other.
+        blob = kpm()
+        repo = "/".join(unique())
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{API}/{repo}", data=json.dumps(body(blob)).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            assert resp.status == 200
+        for _ in range(6):
+            assert helpers._get(f"http://127.0.0.1:{port}{API}/{repo}/1.0.0/kpm/pull")[1] == blob
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log_path.read_text()[-3000:]
+        assert not any(_alive(pid) for pid in pids | registries), "a worker or the registry outlived the parent"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_several_workers_without_redis_are_refused(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "cnr_oci", "serve", "--port", str(free_port()), "--workers", "2",
+                          "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert "--workers above 1 needs --redis-url" in out.stderr
