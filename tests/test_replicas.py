@@ -224,6 +224,50 @@ async def test_with_redis_stopped_reads_work_and_invalidation_resumes_when_it_is
         assert await force_push_seen(session, a, b)
 
 
+async def test_one_write_is_published_once_applied_by_the_others_and_never_echoed(redis_server):
+    """Own messages are ignored, and a forget applied from another replica is not published again
+    (else two replicas would bounce one message forever)."""
+    from redis.asyncio import from_url
+
+    from cnr_oci.invalidation import Invalidation
+    from cnr_oci.readmodel import ReadModel
+
+    channel = f"cnr-oci:forget:test:{unique()[0]}"
+    reads = [ReadModel(None, cache_ttl=300) for _ in range(3)]  # type: ignore[arg-type]  # forget needs no client
+    seen: list[list[tuple[str, str | None]]] = [[], [], []]
+    for read, log in zip(reads, seen, strict=True):
+        read.on_forget.append(lambda repo, tag, log=log: log.append((repo, tag)))
+    buses = [from_url(redis_server) for _ in range(4)]
+    spy = buses[3].pubsub(ignore_subscribe_messages=True)
+    await spy.subscribe(channel)
+    replicas_ = [Invalidation(bus, read, channel=channel) for bus, read in zip(buses, reads, strict=False)]
+    try:
+        for r in replicas_:
+            await r.start()
+        for r in replicas_:
+            await asyncio.wait_for(r.subscribed.wait(), 10)
+        reads[0].forget("ns/app", "1-0-0")
+        await eventually(lambda: _true(seen[1] and seen[2]))
+        await asyncio.sleep(0.5)  # room for an echo, if there were one
+        assert seen == [[("ns/app", "1-0-0")]] * 3
+        published = []
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:  # None also stands for the subscription's confirmation
+            if (msg := await spy.get_message(timeout=0.1)) is not None:
+                published.append(json.loads(msg["data"]))
+        assert published == [{"from": replicas_[0].replica, "repo": "ns/app", "tag": "1-0-0"}]
+    finally:
+        for r in replicas_:
+            await r.close()
+        await spy.aclose()
+        for bus in buses:
+            await bus.aclose()
+
+
+async def _true(value: object) -> bool:
+    return bool(value)
+
+
 # -- --workers ----------------------------------------------------------------------------
 
 
