@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,10 +15,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from prometheus_client import Gauge
 
 from cnr_oci import appkeys, cmapi, helmroutes, logsafe, middleware, ops, routes
 from cnr_oci.auth import Credentials, TokenCodec, load_secret, service_credentials
 from cnr_oci.embedded import EmbeddedRegistry, has_users, htpasswd_path
+from cnr_oci.invalidation import Invalidation
 from cnr_oci.locks import PackageLocks
 from cnr_oci.metrics import Metrics
 from cnr_oci.oci import OciClient
@@ -39,10 +42,17 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | bool:
 
 async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     """Start the embedded docker-registry when no upstream is given."""
-    settings = app[appkeys.SETTINGS]
-    if settings.upstream:
-        app[appkeys.UPSTREAM] = settings.upstream
+    async with upstream_of(app[appkeys.SETTINGS]) as url:
+        app[appkeys.UPSTREAM] = url
         yield
+
+
+@asynccontextmanager
+async def upstream_of(settings: Settings) -> AsyncIterator[str]:
+    """The registry's URL: --upstream, or an embedded docker-registry started here and stopped on exit
+    (once per server: the parent of --workers starts it for every worker)."""
+    if settings.upstream:
+        yield settings.upstream
         return
     users = htpasswd_path(settings.data_dir)
     reg = EmbeddedRegistry(settings.data_dir, binary=settings.registry_binary,
@@ -50,10 +60,9 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.to_thread(reg.start)
     log.info("embedded docker-registry on %s, storage in %s, %s", reg.url, reg.root / "registry",
              f"users from {users}" if reg.htpasswd else "open to anyone who reaches cnr-oci")
-    app[appkeys.UPSTREAM] = reg.url
     watcher = asyncio.create_task(_close_when_users_appear(reg, users)) if reg.htpasswd is None else None
     try:
-        yield
+        yield reg.url
     finally:
         if watcher is not None:
             watcher.cancel()
@@ -100,17 +109,28 @@ async def open_backend(settings: Settings, upstream: str, metrics: Metrics) -> A
             settings.docker_config, client.base.host_port_subcomponent or "",
         )
         redis: Any = None
+        bus: Any = None
         if settings.redis_url:
             from redis.asyncio import from_url
 
             redis = from_url(settings.redis_url)
+            # Pub/sub on a pool of its own: a subscriber connection broken by an outage, back in a
+            # shared pool, failed the first lock taken after Redis returned.
+            bus = from_url(settings.redis_url, socket_keepalive=True)
+        invalidation: Invalidation | None = None
         try:
             store = Store(client, settings.repository_prefix, cache_ttl=settings.cache_ttl,
                           locks=PackageLocks(redis))
+            if bus is not None:  # other replicas' writes drop our caches, ours drop theirs
+                invalidation = Invalidation(bus, store.read)
+                await invalidation.start()
             yield Backend(store, creds)
         finally:
-            if redis is not None:
-                await redis.aclose()
+            if invalidation is not None:
+                await invalidation.close()
+            for conn in (bus, redis):
+                if conn is not None:
+                    await conn.aclose()
 
 
 async def client_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -151,6 +171,9 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_size)
     app[appkeys.SETTINGS] = settings
     app[appkeys.METRICS] = Metrics()
+    # Each --workers process has metrics of its own: say which one answered the scrape.
+    Gauge("cnr_oci_process_id", "Process id of the server process that answered",
+          registry=app[appkeys.METRICS].registry).set(os.getpid())
     # Push bodies in memory at once (each up to max_body_size, about 3x that while decoded).
     app[appkeys.PUSH_SLOTS] = asyncio.Semaphore(settings.max_concurrent_pushes)
     app[appkeys.TOKENS] = TokenCodec(load_secret(settings.token_secret, settings.data_dir), settings.token_ttl)

@@ -122,6 +122,8 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
      "seconds a client has to send a request's line and headers, and for the TLS handshake (default 10)"),
     ("--disable-force-overwrite", "disable_force_overwrite", _bool,
      "the ChartMuseum upload API ignores ?force: an existing chart version or .prov is never replaced"),
+    ("--workers", "workers", _at_least(1, int, 64),
+     "server processes sharing the port (SO_REUSEPORT); more than 1 needs --redis-url (default 1)"),
 ]
 SWITCHES = {"anonymous_read", "service_write", "tls_insecure", "insecure_open", "disable_force_overwrite"}
 
@@ -261,17 +263,21 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if settings.insecure_open and open_registry_refusal(dataclasses.replace(settings, insecure_open=False)):
         logging.getLogger("cnr_oci").warning(
             "--insecure-open: the embedded registry is open on %s; anyone may push and delete", settings.host)
-    listener = None
-    if bool(settings.tls_cert) != bool(settings.tls_key):
-        return _fail("--tls-cert and --tls-key go together")
-    if settings.tls_cert:
-        listener = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            listener.load_cert_chain(settings.tls_cert, settings.tls_key)
-        except (OSError, ssl.SSLError) as exc:
-            return _fail(f"--tls-cert / --tls-key: {exc}")
+    if settings.workers > 1 and not settings.redis_url:
+        return _fail("--workers above 1 needs --redis-url: the workers share package locks and drop "
+                     "each other's caches through Redis")
+    try:
+        listener = server.tls_listener(settings.tls_cert, settings.tls_key)
+    except ValueError as exc:
+        return _fail(str(exc))
+    except (OSError, ssl.SSLError) as exc:
+        return _fail(f"--tls-cert / --tls-key: {exc}")
     limits = server.Limits(max_connections=settings.max_connections, header_timeout=settings.header_timeout)
     try:
+        if settings.workers > 1:
+            from cnr_oci import workers
+
+            return workers.run(settings, limits)
         server.run(create_app(settings), host=settings.host, port=settings.port, ssl_context=listener,
                    limits=limits, announce=lambda msg: logging.getLogger("cnr_oci").info("%s", msg.strip()))
     except (RegistryNotInstalled, RegistryStartFailed, SecretError) as exc:

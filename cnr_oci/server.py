@@ -275,11 +275,11 @@ def raise_fd_limit(wanted: int) -> None:
 
 
 async def _serve(app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None,
-                 limits: Limits, announce: Callable[[str], None]) -> None:
+                 limits: Limits, announce: Callable[[str], None], reuse_port: bool) -> None:
     runner = LimitedRunner(app, limits=limits, handle_signals=True)
     await runner.setup()
     try:
-        site = LimitedSite(runner, host, port, ssl_context=ssl_context)
+        site = LimitedSite(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port or None)
         await site.start()
         announce(f"======== Running on {site.name} ========")
         while True:
@@ -289,12 +289,13 @@ async def _serve(app: web.Application, host: str, port: int, ssl_context: ssl.SS
 
 
 def run(app: web.Application, *, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
-        limits: Limits = Limits(), announce: Callable[[str], None] = print) -> None:
-    """web.run_app with the limits: serve until SIGINT/SIGTERM, then clean up the app."""
+        limits: Limits = Limits(), announce: Callable[[str], None] = print, reuse_port: bool = False) -> None:
+    """web.run_app with the limits: serve until SIGINT/SIGTERM, then clean up the app.
+    ``reuse_port``: SO_REUSEPORT, so that several processes (--workers) share the port."""
     install_log_filter()
     raise_fd_limit(limits.max_connections + 256)  # + upstream pool, registry, files
     loop = asyncio.new_event_loop()
-    main = loop.create_task(_serve(app, host, port, ssl_context, limits, announce))
+    main = loop.create_task(_serve(app, host, port, ssl_context, limits, announce, reuse_port))
     try:
         asyncio.set_event_loop(loop)
         loop.run_until_complete(main)
@@ -314,3 +315,19 @@ def run(app: web.Application, *, host: str, port: int, ssl_context: ssl.SSLConte
             loop.run_until_complete(loop.shutdown_asyncgens())
             asyncio.set_event_loop(None)
             loop.close()
+
+
+def tls_listener(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The server's TLS context from --tls-cert/--tls-key (None: plain HTTP).
+
+    Raises:
+        ValueError: only one of the two is given.
+        OSError, ssl.SSLError: they cannot be loaded.
+    """
+    if bool(cert) != bool(key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if not cert:
+        return None
+    listener = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    listener.load_cert_chain(cert, key)
+    return listener

@@ -49,3 +49,5 @@ class Settings:
     header_timeout: float = 10.0
     body_grace: float = 10.0
     body_min_rate: float = 16 * 1024.0
+    # Server processes on one port (SO_REUSEPORT); more than one needs redis_url (cnr_oci/workers.py).
+    workers: int = 1

@@ -16,10 +16,10 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("registry", ["challenge", "upstream", "transport", "blobs", "oci", "embedded", "locks",
                   "cnrsource"]),
     ("storage", ["entries", "readmodel", "release", "writepath", "channels", "catalog", "helmrepo", "store",
-                 "migratereport", "migrate"]),
+                 "migratereport", "migrate", "invalidation"]),
     ("http", ["translate", "wire", "appkeys", "streaming", "bodies", "logsafe", "server", "middleware", "ops",
               "routes", "helmroutes", "cmapi"]),
-    ("process", ["app", "migratecli", "cli", "__main__", "__init__"]),
+    ("process", ["app", "workers", "migratecli", "cli", "__main__", "__init__"]),
 ]
 RANK = {m: (i, j) for i, (_, mods) in enumerate(LAYERS) for j, m in enumerate(mods)}
 MAX_MODULE_LINES = 350
