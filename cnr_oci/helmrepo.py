@@ -14,7 +14,7 @@ from typing import Any
 
 from cachetools import TTLCache
 
-from cnr_oci import errors, layout, mapping, schemas, upstream
+from cnr_oci import errors, helm, layout, mapping, schemas, upstream
 from cnr_oci.auth import identity_key
 from cnr_oci.catalog import Catalog
 from cnr_oci.entries import parse_stored
@@ -62,7 +62,10 @@ class _Charts:
 
 
 def _entry(config: dict[str, Any], digest: str, created: str | None, filename: str) -> dict[str, Any]:
-    entry = {k: config[k] for k in CHART_FIELDS if config.get(k) not in (None, "", [], {})}
+    # With helm's field types: another tool's config may hold `appVersion: 1.1` or a maintainer's extra key,
+    # which helm's strict index loader refuses, and with it the whole index.
+    meta = helm.metadata(config)
+    entry = {k: meta[k] for k in CHART_FIELDS if k in meta}
     entry["urls"] = [f"charts/{filename}"]
     entry["digest"] = digest.removeprefix("sha256:")
     entry["created"] = created or "1970-01-01T00:00:00Z"
@@ -77,7 +80,8 @@ def _render(entries: dict[str, list[dict[str, Any]]]) -> tuple[bytes, bytes, str
     for name in sorted(entries):
         versions = entries[name]
         versions.sort(key=_version_key, reverse=True)
-        lines.append(f"  {_flow(name)}:")
+        key = _flow(name)
+        lines.append(f"  {key}:" if len(key) <= _MAX_SIMPLE_KEY else f"  ? {key}\n  :")
         lines.extend(f"  - {_flow(e)}" for e in versions)
     text = "\n".join(lines) + "\n"
     etag = '"' + hashlib.sha256(text.encode()).hexdigest()[:32] + '"'
@@ -90,12 +94,17 @@ def _render(entries: dict[str, list[dict[str, Any]]]) -> tuple[bytes, bytes, str
 # "\\ud800") are neither UTF-8 nor a YAML escape helm accepts: they become U+FFFD, as in Go strings.
 _NOT_YAML = re.compile("[\x7f-\x9f\u2028\u2029\ufeff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# YAML allows an implicit key (`"k": v`) of at most 1024 characters; PyYAML and helm's parser refuse the
+# document past that. Longer keys (a JSON string after "{" or ", " and before ": ") get YAML's explicit "? ".
+_MAX_SIMPLE_KEY = 1000
+_LONG_KEY = re.compile(r'(?:(?<=\{)|(?<=, ))("(?:[^"\\]|\\.){%d,}": )' % (_MAX_SIMPLE_KEY - 2))
 
 
 def _flow(value: Any) -> str:
     """A value as a JSON flow node that YAML 1.1 and 1.2 parsers (helm's, PyYAML) read back unchanged."""
     text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "), allow_nan=False, default=str)
-    return _NOT_YAML.sub(lambda m: f"\\u{ord(m.group()):04x}", _SURROGATE.sub("\ufffd", text))
+    text = _NOT_YAML.sub(lambda m: f"\\u{ord(m.group()):04x}", _SURROGATE.sub("\ufffd", text))
+    return _LONG_KEY.sub(r"? \1", text) if len(text) > _MAX_SIMPLE_KEY else text
 
 
 def _version_key(entry: dict[str, Any]) -> tuple[int, Any, str]:
