@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 import pytest
@@ -189,3 +190,39 @@ async def test_a_lone_surrogate_in_chart_yaml_or_a_config_is_a_400_or_ufffd_neve
     body = await (await client.get(f"/helm/{ns}/index.yaml")).read()
     assert b"\\ud800" not in body
     assert yaml.safe_load(body)["entries"]["sur"][0]["description"] == "a\ufffdb"
+
+
+async def test_configs_another_tool_wrote_with_loose_types_or_long_keys_leave_the_index_readable_by_helm(
+        client, registry, helm):
+    """helm loads index.yaml strictly: one entry with `appVersion: 1.1`, a bool annotation, a maintainer's
+    unknown key, or a key over YAML's 1,024-character limit made the whole namespace's index unreadable
+    (helm repo add failed). Entries carry helm's field types, and long keys YAML's explicit `? ` form."""
+    import json
+
+    import yaml
+
+    from tests.test_interop import push_like_helm
+
+    ns = ns_()
+    await push(client, ns, "ok", chart("ok", "1.0.0"), "1.0.0")
+    odd = {
+        "num": {"appVersion": 1.1, "description": 5, "home": True, "keywords": [1, None, "x"]},
+        "ann": {"annotations": {"b": True, "n": 7}},
+        "extra": {"maintainers": [{"name": "a", "x": "y"}], "dependencies": [{"name": "d", "zzz": 1}]},
+        "longkey": {"annotations": {"k" * 3000: "v", "\u2028" * 400: "w"}},
+        "n" * 1500: {},
+    }
+    for name, fields in odd.items():
+        config = {"apiVersion": "v2", "name": name, "version": "1.0.0"} | fields
+        push_like_helm(registry.url, f"{ns}/{name[:50]}", "1.0.0", chart("x", "1.0.0"), json.dumps(config).encode())
+    entries = yaml.safe_load(await (await client.get(f"/helm/{ns}/index.yaml")).read())["entries"]
+    assert sorted(entries) == sorted([*odd, "ok"])
+    assert entries["num"][0]["appVersion"] == "1.1" and entries["num"][0]["keywords"] == ["1", "", "x"]
+    assert entries["ann"][0]["annotations"] == {"b": "true", "n": "7"}
+    assert entries["extra"][0]["maintainers"] == [{"name": "a"}]
+    assert entries["longkey"][0]["annotations"] == {"k" * 3000: "v", "\u2028" * 400: "w"}
+    alias = "l" + secrets.token_hex(2)
+    await asyncio.to_thread(helm, "repo", "add", alias, str(client.make_url(f"/helm/{ns}")))
+    out = await asyncio.to_thread(helm, "search", "repo", f"{alias}/", "-o", "json")
+    found = {c["name"] for c in json.loads(out.splitlines()[0])}
+    assert {f"{alias}/ok", f"{alias}/num", f"{alias}/ann", f"{alias}/extra", f"{alias}/longkey"} <= found
