@@ -129,10 +129,16 @@ class HelmRepository:
         ttl = max(read.cache_ttl, 0.0)
         self._indexes: TTLCache[tuple[str, str], Index] = TTLCache(TTL_ENTRIES // 100, ttl)
         self._packages: TTLCache[tuple[str, str], _Charts] = TTLCache(TTL_ENTRIES, ttl)
+        # Writes, counted: a build or package read that began before a write to its namespace or repository
+        # is neither cached nor shared with callers that come after the write. Kept longer than any read.
+        self._writes = 0
+        self._written: TTLCache[str, int] = TTLCache(TTL_ENTRIES, max(ttl, 600.0))
         read.on_forget.append(self._forget)
 
     def _forget(self, repo: str, tag: str | None) -> None:
         namespace = (mapping.package_from_repository(repo, self.read.prefix) or Package("", "")).namespace
+        self._writes += 1
+        self._written["repo:" + repo] = self._written["ns:" + namespace] = self._writes
         for key in [k for k in list(self._indexes.keys()) if k[1] == namespace]:
             self._indexes.pop(key, None)
         for pkey in [k for k in list(self._packages.keys()) if k[1] == repo]:
@@ -143,8 +149,10 @@ class HelmRepository:
         key = (identity_key(), namespace)
         cached = self._indexes.get(key)
         if cached is None or time.monotonic() - cached.read_at > self.read.cache_ttl:
-            cached = await self.read.once(("helm-index", *key), lambda: self._build(namespace))
-            self._indexes[key] = cached
+            start, written = self._writes, self._written.get("ns:" + namespace, -1)
+            cached = await self.read.once(("helm-index", *key, written), lambda: self._build(namespace))
+            if self._written.get("ns:" + namespace, -1) <= start:
+                self._indexes[key] = cached
         return cached
 
     async def _build(self, namespace: str) -> Index:
@@ -166,8 +174,10 @@ class HelmRepository:
         key = (identity_key(), self.read.repo(pkg))
         part = self._packages.get(key)
         if part is None:
-            start = time.monotonic()
-            part = self._packages[key] = _Charts(await self._charts(pkg), start)
+            start, writes = time.monotonic(), self._writes
+            part = _Charts(await self._charts(pkg), start)
+            if self._written.get("repo:" + key[1], -1) <= writes:
+                self._packages[key] = part
         return part
 
     async def _charts(self, pkg: Package) -> list[tuple[dict[str, Any], ChartFile]]:
