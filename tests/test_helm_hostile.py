@@ -226,3 +226,41 @@ async def test_configs_another_tool_wrote_with_loose_types_or_long_keys_leave_th
     out = await asyncio.to_thread(helm, "search", "repo", f"{alias}/", "-o", "json")
     found = {c["name"] for c in json.loads(out.splitlines()[0])}
     assert {f"{alias}/ok", f"{alias}/num", f"{alias}/ann", f"{alias}/extra", f"{alias}/longkey"} <= found
+
+
+async def test_a_chart_deleted_while_an_index_is_being_built_is_gone_from_the_next_index(make_client, registry):
+    """An index build that read a package's tags before a delete finished must not be handed to, or cached
+    for, requests that come after the delete (they would list the deleted chart for --cache-ttl)."""
+    import yaml
+
+    from cnr_oci import appkeys
+    from cnr_oci.settings import Settings
+
+    client = await make_client(Settings(upstream=registry.url, cache_ttl=300))
+    ns = ns_()
+    for version in ("1.0.0", "1.1.0"):
+        await push(client, ns, "web", chart("web", version), version)
+    store = client.app[appkeys.STORE]
+    store.read.forget(f"{ns}/web")
+    real_manifest, entered, release = store.read.manifest, asyncio.Event(), asyncio.Event()
+
+    async def slow_manifest(repo, ref, *a, **kw):
+        got = await real_manifest(repo, ref, *a, **kw)
+        if ref == "1.1.0" and not entered.is_set():  # the index build's read of the release to delete
+            entered.set()
+            await release.wait()
+        return got
+
+    store.read.manifest = slow_manifest
+    building = asyncio.ensure_future(client.get(f"/helm/{ns}/index.yaml"))
+    await asyncio.wait_for(entered.wait(), 5)
+    # Through CNR (the ChartMuseum delete looks the chart up in the index, so it would wait for this build).
+    deleted = await client.delete(f"/cnr/api/v1/packages/{ns}/web/1.1.0/helm")
+    assert deleted.status == 200, await deleted.text()
+    after = asyncio.ensure_future(client.get(f"/helm/{ns}/index.yaml"))
+    await asyncio.sleep(0.05)
+    release.set()
+    await (await building).read()
+    for resp in (await after, await client.get(f"/helm/{ns}/index.yaml")):
+        versions = [e["version"] for e in yaml.safe_load(await resp.read())["entries"]["web"]]
+        assert versions == ["1.0.0"], versions
