@@ -18,6 +18,7 @@ from cnr_oci import errors, helm, layout, mapping, schemas, upstream
 from cnr_oci.auth import identity_key
 from cnr_oci.catalog import Catalog
 from cnr_oci.entries import parse_stored
+from cnr_oci.layout import Manifest
 from cnr_oci.mapping import Package
 from cnr_oci.readmodel import TTL_ENTRIES, ReadModel
 
@@ -188,7 +189,7 @@ class HelmRepository:
             tags = [t for t in await self.read.tags(repo) if not _NOT_CHARTS.match(t)]
         except (upstream.Unauthorized, upstream.Denied):
             return []
-        manifests = await self.read.gather(self.read.manifest(repo, t) for t in tags)
+        manifests = await self.read.gather(self._chart_manifest(repo, t) for t in tags)
         charts = [(t, m) for t, m in zip(tags, manifests, strict=True)
                   if m is not None and (m.doc.get("config") or {}).get("mediaType") == layout.HELM_CONFIG
                   and layout.content_layer(m.doc) is not None]
@@ -203,6 +204,21 @@ class HelmRepository:
             prov = (layout.prov_layer(m.doc) or {}).get("digest")
             out.append((entry, ChartFile(pkg, tag, layer["digest"], prov)))
         return out
+
+    async def _chart_manifest(self, repo: str, tag: str) -> Manifest | None:
+        """A tag's manifest; for a release that holds more than the chart (an index: beside a kpm, an
+        image), its helm child, as the CNR API reads it."""
+        top = await self.read.manifest(repo, tag)
+        if top is None or top.doc.get("manifests") is None:
+            return top
+        helm_children = [d for d in layout.index_children(top)
+                         if (d.get("annotations") or {}).get(layout.ANN_MEDIA_TYPE) == "helm"]
+        children = helm_children or [d for d in layout.index_children(top) if layout.may_hold_package(d)]
+        for child in children[:8]:
+            found = await self.read.manifest(repo, child["digest"])
+            if found is not None and (found.doc.get("config") or {}).get("mediaType") == layout.HELM_CONFIG:
+                return found
+        return None
 
     async def _config(self, repo: str, manifest: dict[str, Any]) -> dict[str, Any] | None:
         """A chart's config (Chart.yaml as JSON): from the manifest's copy when cnr-oci wrote one (its sha256
