@@ -264,3 +264,38 @@ async def test_a_chart_deleted_while_an_index_is_being_built_is_gone_from_the_ne
     for resp in (await after, await client.get(f"/helm/{ns}/index.yaml")):
         versions = [e["version"] for e in yaml.safe_load(await resp.read())["entries"]["web"]]
         assert versions == ["1.0.0"], versions
+
+
+def fake_prov(name: str, version: str, tgz: bytes, nl: bytes = b"\n") -> bytes:
+    """A clear-signed-looking .prov that signs tgz (cnr-oci checks the form and the digest, not the signature)."""
+    import hashlib
+
+    lines = [b"-----BEGIN PGP SIGNED MESSAGE-----", b"Hash: SHA512", b"", b"apiVersion: v2",
+             f"name: {name}".encode(), f"version: {version}".encode(), b"", b"...", b"files:",
+             f"  {name}-{version}.tgz: sha256:{hashlib.sha256(tgz).hexdigest()}".encode(),
+             b"-----BEGIN PGP SIGNATURE-----", b"", b"c2ln", b"-----END PGP SIGNATURE-----"]
+    return nl.join(lines) + nl
+
+
+async def test_a_chart_in_a_release_that_also_holds_a_kpm_is_in_the_index_and_takes_a_prov_keeping_the_kpm(
+        client, registry):
+    """A release holding a chart and another media type is an OCI index: its chart was left out of
+    index.yaml (so helm could not find it, and a .prov for it was 404)."""
+    import yaml
+
+    ns = ns_()
+    tgz, kpm = chart("web", "1.0.0"), helpers.kpm()
+    await push(client, ns, "web", tgz, "1.0.0")
+    resp = await client.post(f"/cnr/api/v1/packages/{ns}/web", json=helpers.body(kpm, "1.0.0", "kpm"))
+    assert resp.status == 200, await resp.text()
+    entries = yaml.safe_load(await (await client.get(f"/helm/{ns}/index.yaml")).read())["entries"]
+    assert [e["version"] for e in entries.get("web", [])] == ["1.0.0"]
+    assert await (await client.get(f"/helm/{ns}/charts/web-1.0.0.tgz")).read() == tgz
+    prov = fake_prov("web", "1.0.0", tgz, b"\r\n")  # CRLF, as a file edited on Windows
+    resp = await client.post(f"{CM}/{ns}/prov", data=prov)
+    assert resp.status == 201, await resp.text()
+    got = await client.get(f"/helm/{ns}/charts/web-1.0.0.tgz.prov")
+    assert got.status == 200 and await got.read() == prov
+    for media_type, blob in (("kpm", kpm), ("helm", tgz)):
+        pulled = await client.get(f"/cnr/api/v1/packages/{ns}/web/1.0.0/{media_type}/pull")
+        assert pulled.status == 200 and await pulled.read() == blob, media_type
