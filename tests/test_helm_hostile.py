@@ -299,3 +299,27 @@ async def test_a_chart_in_a_release_that_also_holds_a_kpm_is_in_the_index_and_ta
     for media_type, blob in (("kpm", kpm), ("helm", tgz)):
         pulled = await client.get(f"/cnr/api/v1/packages/{ns}/web/1.0.0/{media_type}/pull")
         assert pulled.status == 200 and await pulled.read() == blob, media_type
+
+
+async def test_a_prov_for_a_chart_another_tool_pushed_as_a_docker_manifest_is_201_not_502(make_client, registry):
+    """The chart's manifest is Docker schema 2 (mediaType in the document); written back with a provenance
+    layer under the OCI content type, the registry refused it (MANIFEST_INVALID, a 502)."""
+    import json
+
+    from cnr_oci.settings import Settings
+
+    client = await make_client(Settings(upstream=registry.url, cache_ttl=0))
+    ns = ns_()
+    tgz, config = chart("dock", "1.0.0"), json.dumps({"apiVersion": "v2", "name": "dock", "version": "1.0.0"}).encode()
+    docker = "application/vnd.docker.distribution.manifest.v2+json"
+    for blob in (tgz, config):
+        helpers.put_blob(registry.url, f"{ns}/dock", blob)
+    helpers.put_manifest(registry.url, f"{ns}/dock", "1.0.0", {
+        "schemaVersion": 2, "mediaType": docker,
+        "config": helpers.descriptor("application/vnd.cncf.helm.config.v1+json", config),
+        "layers": [helpers.descriptor("application/vnd.cncf.helm.chart.content.v1.tar+gzip", tgz)]}, docker)
+    prov = fake_prov("dock", "1.0.0", tgz)
+    resp = await client.post(f"{CM}/{ns}/prov", data=prov)
+    assert resp.status == 201, await resp.text()
+    assert await (await client.get(f"/helm/{ns}/charts/dock-1.0.0.tgz.prov")).read() == prov
+    assert await (await client.get(f"/helm/{ns}/charts/dock-1.0.0.tgz")).read() == tgz
