@@ -157,7 +157,8 @@ class HelmRepository:
         return cached
 
     async def _build(self, namespace: str) -> Index:
-        pkgs = [p for p in await self.catalog.packages() if p.namespace == namespace]
+        listed, listed_at = await self.catalog.packages_read_at()
+        pkgs = [p for p in listed if p.namespace == namespace]
         found = await self.read.gather(self._package(p) for p in pkgs)
         entries: dict[str, list[dict[str, Any]]] = {}
         files: dict[str, ChartFile] = {}
@@ -169,7 +170,8 @@ class HelmRepository:
                 files[filename] = where
                 entries.setdefault(entry["name"], []).append(entry)
         body, gzipped, etag = await asyncio.to_thread(_render, entries)
-        return Index(body, gzipped, etag, files, entries, min((p.read_at for p in found), default=time.monotonic()))
+        # As old as its oldest part, the catalog included: a package another tool creates shows within the TTL.
+        return Index(body, gzipped, etag, files, entries, min([listed_at, *(p.read_at for p in found)]))
 
     async def _package(self, pkg: Package) -> _Charts:
         key = (identity_key(), self.read.repo(pkg))
