@@ -323,3 +323,29 @@ async def test_a_prov_for_a_chart_another_tool_pushed_as_a_docker_manifest_is_20
     assert resp.status == 201, await resp.text()
     assert await (await client.get(f"/helm/{ns}/charts/dock-1.0.0.tgz.prov")).read() == prov
     assert await (await client.get(f"/helm/{ns}/charts/dock-1.0.0.tgz")).read() == tgz
+
+
+async def test_a_chart_another_tool_pushes_to_a_new_package_shows_within_the_cache_ttl(make_client, registry):
+    """The index lived --cache-ttl from when its packages were read, but the catalog it listed them from
+    could already be almost --cache-ttl old: a new package stayed out for up to twice the TTL."""
+    import json
+    import time
+
+    import yaml
+
+    from cnr_oci.settings import Settings
+    from tests.test_interop import push_like_helm
+
+    ttl = 1.0
+    client = await make_client(Settings(upstream=registry.url, cache_ttl=ttl))
+    ns = ns_()
+    await push(client, ns, "old", chart("old", "1.0.0"), "1.0.0")
+    await (await client.get(f"/helm/{ns_()}/index.yaml")).read()  # the catalog, read now and cached
+    pushed = time.monotonic()
+    push_like_helm(registry.url, f"{ns}/new", "1.0.0", chart("new", "1.0.0"),
+                   json.dumps({"apiVersion": "v2", "name": "new", "version": "1.0.0"}).encode())
+    await asyncio.sleep(0.4)
+    await (await client.get(f"/helm/{ns}/index.yaml")).read()  # built now, from that catalog
+    await asyncio.sleep(max(0.0, pushed + ttl + 0.15 - time.monotonic()))
+    entries = yaml.safe_load(await (await client.get(f"/helm/{ns}/index.yaml")).read())["entries"]
+    assert sorted(entries) == ["new", "old"]
