@@ -98,7 +98,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # YAML allows an implicit key (`"k": v`) of at most 1024 characters; PyYAML and helm's parser refuse the
 # document past that. Longer keys (a JSON string after "{" or ", " and before ": ") get YAML's explicit "? ".
 _MAX_SIMPLE_KEY = 1000
-_LONG_KEY = re.compile(r'(?:(?<=\{)|(?<=, ))("(?:[^"\\]|\\.){%d,}": )' % (_MAX_SIMPLE_KEY - 2))
+_LONG_KEY = re.compile(r'(?:(?<=\{)|(?<=, ))("(?:[^"\\]|\\.){' + str(_MAX_SIMPLE_KEY - 2) + r',}": )')
 
 
 def _flow(value: Any) -> str:
