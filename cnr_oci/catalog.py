@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from cachetools import TTLCache
@@ -30,7 +31,7 @@ class Catalog:
     def __init__(self, read: ReadModel) -> None:
         self.read = read
         ttl = max(read.cache_ttl, 0.0)
-        self._repos: TTLCache[str, list[str]] = TTLCache(TTL_ENTRIES, ttl)
+        self._repos: TTLCache[str, tuple[list[str], float]] = TTLCache(TTL_ENTRIES, ttl)  # (repos, read at)
         self._summaries: TTLCache[tuple[str, str, str], Summary | None] = TTLCache(TTL_ENTRIES, ttl)
         read.on_forget.append(self._forget)
 
@@ -45,11 +46,16 @@ class Catalog:
         Raises:
             Denied, NotFound, UnsupportedOperation: the registry does not let the caller list it.
         """
-        repos = self._repos.get(identity_key())
-        if repos is None:
-            repos = await self.read.client.catalog()
-            self._repos[identity_key()] = repos
-        return [p for r in repos if (p := mapping.package_from_repository(r, self.read.prefix)) is not None]
+        return (await self.packages_read_at())[0]
+
+    async def packages_read_at(self) -> tuple[list[Package], float]:
+        """packages(), and when the catalog they come from was read (time.monotonic)."""
+        cached = self._repos.get(identity_key())
+        if cached is None:
+            start = time.monotonic()
+            cached = self._repos[identity_key()] = (await self.read.client.catalog(), start)
+        repos, read_at = cached
+        return [p for r in repos if (p := mapping.package_from_repository(r, self.read.prefix)) is not None], read_at
 
     async def search(self, q: str) -> list[str]:
         """E6: names matching q that the caller can read."""

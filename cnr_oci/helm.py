@@ -147,6 +147,12 @@ def go_json(doc: Any) -> bytes:
 
 def helm_config(chart: dict[str, Any]) -> bytes:
     """The config blob helm push writes: Chart.yaml as helm's Metadata struct marshals it."""
+    return go_json(metadata(chart))
+
+
+def metadata(chart: dict[str, Any]) -> dict[str, Any]:
+    """Chart.yaml (or a config) with helm's Metadata field types: scalars as Go strings where the field is
+    a string, unknown keys of maintainers and dependencies dropped, empty fields left out."""
     out: dict[str, Any] = {}
     for key in _HELM_FIELDS:
         value = chart.get(key)
@@ -165,4 +171,4 @@ def helm_config(chart: dict[str, Any]) -> bytes:
             value = {_go_string(k): _go_string(v) for k, v in value.items()}
         if not _omitempty(value):
             out[key] = value
-    return go_json(out)
+    return out

@@ -14,10 +14,11 @@ from typing import Any
 
 from cachetools import TTLCache
 
-from cnr_oci import errors, layout, mapping, schemas, upstream
+from cnr_oci import errors, helm, layout, mapping, schemas, upstream
 from cnr_oci.auth import identity_key
 from cnr_oci.catalog import Catalog
 from cnr_oci.entries import parse_stored
+from cnr_oci.layout import Manifest
 from cnr_oci.mapping import Package
 from cnr_oci.readmodel import TTL_ENTRIES, ReadModel
 
@@ -62,7 +63,10 @@ class _Charts:
 
 
 def _entry(config: dict[str, Any], digest: str, created: str | None, filename: str) -> dict[str, Any]:
-    entry = {k: config[k] for k in CHART_FIELDS if config.get(k) not in (None, "", [], {})}
+    # With helm's field types: another tool's config may hold `appVersion: 1.1` or a maintainer's extra key,
+    # which helm's strict index loader refuses, and with it the whole index.
+    meta = helm.metadata(config)
+    entry = {k: meta[k] for k in CHART_FIELDS if k in meta}
     entry["urls"] = [f"charts/{filename}"]
     entry["digest"] = digest.removeprefix("sha256:")
     entry["created"] = created or "1970-01-01T00:00:00Z"
@@ -77,7 +81,8 @@ def _render(entries: dict[str, list[dict[str, Any]]]) -> tuple[bytes, bytes, str
     for name in sorted(entries):
         versions = entries[name]
         versions.sort(key=_version_key, reverse=True)
-        lines.append(f"  {_flow(name)}:")
+        key = _flow(name)
+        lines.append(f"  {key}:" if len(key) <= _MAX_SIMPLE_KEY else f"  ? {key}\n  :")
         lines.extend(f"  - {_flow(e)}" for e in versions)
     text = "\n".join(lines) + "\n"
     etag = '"' + hashlib.sha256(text.encode()).hexdigest()[:32] + '"'
@@ -90,12 +95,17 @@ def _render(entries: dict[str, list[dict[str, Any]]]) -> tuple[bytes, bytes, str
 # "\\ud800") are neither UTF-8 nor a YAML escape helm accepts: they become U+FFFD, as in Go strings.
 _NOT_YAML = re.compile("[\x7f-\x9f\u2028\u2029\ufeff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# YAML allows an implicit key (`"k": v`) of at most 1024 characters; PyYAML and helm's parser refuse the
+# document past that. Longer keys (a JSON string after "{" or ", " and before ": ") get YAML's explicit "? ".
+_MAX_SIMPLE_KEY = 1000
+_LONG_KEY = re.compile(r'(?:(?<=\{)|(?<=, ))("(?:[^"\\]|\\.){' + str(_MAX_SIMPLE_KEY - 2) + r',}": )')
 
 
 def _flow(value: Any) -> str:
     """A value as a JSON flow node that YAML 1.1 and 1.2 parsers (helm's, PyYAML) read back unchanged."""
     text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "), allow_nan=False, default=str)
-    return _NOT_YAML.sub(lambda m: f"\\u{ord(m.group()):04x}", _SURROGATE.sub("\ufffd", text))
+    text = _NOT_YAML.sub(lambda m: f"\\u{ord(m.group()):04x}", _SURROGATE.sub("\ufffd", text))
+    return _LONG_KEY.sub(r"? \1", text) if len(text) > _MAX_SIMPLE_KEY else text
 
 
 def _version_key(entry: dict[str, Any]) -> tuple[int, Any, str]:
@@ -121,10 +131,16 @@ class HelmRepository:
         ttl = max(read.cache_ttl, 0.0)
         self._indexes: TTLCache[tuple[str, str], Index] = TTLCache(TTL_ENTRIES // 100, ttl)
         self._packages: TTLCache[tuple[str, str], _Charts] = TTLCache(TTL_ENTRIES, ttl)
+        # Writes, counted: a build or package read that began before a write to its namespace or repository
+        # is neither cached nor shared with callers that come after the write. Kept longer than any read.
+        self._writes = 0
+        self._written: TTLCache[str, int] = TTLCache(TTL_ENTRIES, max(ttl, 600.0))
         read.on_forget.append(self._forget)
 
     def _forget(self, repo: str, tag: str | None) -> None:
         namespace = (mapping.package_from_repository(repo, self.read.prefix) or Package("", "")).namespace
+        self._writes += 1
+        self._written["repo:" + repo] = self._written["ns:" + namespace] = self._writes
         for key in [k for k in list(self._indexes.keys()) if k[1] == namespace]:
             self._indexes.pop(key, None)
         for pkey in [k for k in list(self._packages.keys()) if k[1] == repo]:
@@ -135,12 +151,15 @@ class HelmRepository:
         key = (identity_key(), namespace)
         cached = self._indexes.get(key)
         if cached is None or time.monotonic() - cached.read_at > self.read.cache_ttl:
-            cached = await self.read.once(("helm-index", *key), lambda: self._build(namespace))
-            self._indexes[key] = cached
+            start, written = self._writes, self._written.get("ns:" + namespace, -1)
+            cached = await self.read.once(("helm-index", *key, written), lambda: self._build(namespace))
+            if self._written.get("ns:" + namespace, -1) <= start:
+                self._indexes[key] = cached
         return cached
 
     async def _build(self, namespace: str) -> Index:
-        pkgs = [p for p in await self.catalog.packages() if p.namespace == namespace]
+        listed, listed_at = await self.catalog.packages_read_at()
+        pkgs = [p for p in listed if p.namespace == namespace]
         found = await self.read.gather(self._package(p) for p in pkgs)
         entries: dict[str, list[dict[str, Any]]] = {}
         files: dict[str, ChartFile] = {}
@@ -152,14 +171,17 @@ class HelmRepository:
                 files[filename] = where
                 entries.setdefault(entry["name"], []).append(entry)
         body, gzipped, etag = await asyncio.to_thread(_render, entries)
-        return Index(body, gzipped, etag, files, entries, min((p.read_at for p in found), default=time.monotonic()))
+        # As old as its oldest part, the catalog included: a package another tool creates shows within the TTL.
+        return Index(body, gzipped, etag, files, entries, min([listed_at, *(p.read_at for p in found)]))
 
     async def _package(self, pkg: Package) -> _Charts:
         key = (identity_key(), self.read.repo(pkg))
         part = self._packages.get(key)
         if part is None:
-            start = time.monotonic()
-            part = self._packages[key] = _Charts(await self._charts(pkg), start)
+            start, writes = time.monotonic(), self._writes
+            part = _Charts(await self._charts(pkg), start)
+            if self._written.get("repo:" + key[1], -1) <= writes:
+                self._packages[key] = part
         return part
 
     async def _charts(self, pkg: Package) -> list[tuple[dict[str, Any], ChartFile]]:
@@ -170,7 +192,7 @@ class HelmRepository:
             tags = [t for t in await self.read.tags(repo) if not _NOT_CHARTS.match(t)]
         except (upstream.Unauthorized, upstream.Denied):
             return []
-        manifests = await self.read.gather(self.read.manifest(repo, t) for t in tags)
+        manifests = await self.read.gather(self._chart_manifest(repo, t) for t in tags)
         charts = [(t, m) for t, m in zip(tags, manifests, strict=True)
                   if m is not None and (m.doc.get("config") or {}).get("mediaType") == layout.HELM_CONFIG
                   and layout.content_layer(m.doc) is not None]
@@ -185,6 +207,21 @@ class HelmRepository:
             prov = (layout.prov_layer(m.doc) or {}).get("digest")
             out.append((entry, ChartFile(pkg, tag, layer["digest"], prov)))
         return out
+
+    async def _chart_manifest(self, repo: str, tag: str) -> Manifest | None:
+        """A tag's manifest; for a release that holds more than the chart (an index: beside a kpm, an
+        image), its helm child, as the CNR API reads it."""
+        top = await self.read.manifest(repo, tag)
+        if top is None or top.doc.get("manifests") is None:
+            return top
+        helm_children = [d for d in layout.index_children(top)
+                         if (d.get("annotations") or {}).get(layout.ANN_MEDIA_TYPE) == "helm"]
+        children = helm_children or [d for d in layout.index_children(top) if layout.may_hold_package(d)]
+        for child in children[:8]:
+            found = await self.read.manifest(repo, child["digest"])
+            if found is not None and (found.doc.get("config") or {}).get("mediaType") == layout.HELM_CONFIG:
+                return found
+        return None
 
     async def _config(self, repo: str, manifest: dict[str, Any]) -> dict[str, Any] | None:
         """A chart's config (Chart.yaml as JSON): from the manifest's copy when cnr-oci wrote one (its sha256

@@ -166,6 +166,8 @@ class WritePath:
             digest = layout.sha256(prov)
             await self.client.upload_blob(repo, digest, prov)
             doc = dict(chart.doc)
+            if doc.get("mediaType") not in (None, layout.OCI_MANIFEST):  # a Docker schema 2 chart another tool
+                doc["mediaType"] = layout.OCI_MANIFEST  # pushed: written back as OCI, as _replace PUTs it
             doc["layers"] = [*(x for x in doc.get("layers") or [] if x.get("mediaType") != layout.HELM_PROV),
                              helm.prov_descriptor(filename + ".prov", digest, len(prov))]
             await self._replace(repo, mapping.release_to_tag(release), held, "helm", layout.compact(doc))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 import pytest
@@ -189,3 +190,162 @@ async def test_a_lone_surrogate_in_chart_yaml_or_a_config_is_a_400_or_ufffd_neve
     body = await (await client.get(f"/helm/{ns}/index.yaml")).read()
     assert b"\\ud800" not in body
     assert yaml.safe_load(body)["entries"]["sur"][0]["description"] == "a\ufffdb"
+
+
+async def test_configs_another_tool_wrote_with_loose_types_or_long_keys_leave_the_index_readable_by_helm(
+        client, registry, helm):
+    """helm loads index.yaml strictly: one entry with `appVersion: 1.1`, a bool annotation, a maintainer's
+    unknown key, or a key over YAML's 1,024-character limit made the whole namespace's index unreadable
+    (helm repo add failed). Entries carry helm's field types, and long keys YAML's explicit `? ` form."""
+    import json
+
+    import yaml
+
+    from tests.test_interop import push_like_helm
+
+    ns = ns_()
+    await push(client, ns, "ok", chart("ok", "1.0.0"), "1.0.0")
+    odd = {
+        "num": {"appVersion": 1.1, "description": 5, "home": True, "keywords": [1, None, "x"]},
+        "ann": {"annotations": {"b": True, "n": 7}},
+        "extra": {"maintainers": [{"name": "a", "x": "y"}], "dependencies": [{"name": "d", "zzz": 1}]},
+        "longkey": {"annotations": {"k" * 3000: "v", "\u2028" * 400: "w"}},
+        "n" * 1500: {},
+    }
+    for name, fields in odd.items():
+        config = {"apiVersion": "v2", "name": name, "version": "1.0.0"} | fields
+        push_like_helm(registry.url, f"{ns}/{name[:50]}", "1.0.0", chart("x", "1.0.0"), json.dumps(config).encode())
+    entries = yaml.safe_load(await (await client.get(f"/helm/{ns}/index.yaml")).read())["entries"]
+    assert sorted(entries) == sorted([*odd, "ok"])
+    assert entries["num"][0]["appVersion"] == "1.1" and entries["num"][0]["keywords"] == ["1", "", "x"]
+    assert entries["ann"][0]["annotations"] == {"b": "true", "n": "7"}
+    assert entries["extra"][0]["maintainers"] == [{"name": "a"}]
+    assert entries["longkey"][0]["annotations"] == {"k" * 3000: "v", "\u2028" * 400: "w"}
+    alias = "l" + secrets.token_hex(2)
+    await asyncio.to_thread(helm, "repo", "add", alias, str(client.make_url(f"/helm/{ns}")))
+    out = await asyncio.to_thread(helm, "search", "repo", f"{alias}/", "-o", "json")
+    found = {c["name"] for c in json.loads(out.splitlines()[0])}
+    assert {f"{alias}/ok", f"{alias}/num", f"{alias}/ann", f"{alias}/extra", f"{alias}/longkey"} <= found
+
+
+async def test_a_chart_deleted_while_an_index_is_being_built_is_gone_from_the_next_index(make_client, registry):
+    """An index build that read a package's tags before a delete finished must not be handed to, or cached
+    for, requests that come after the delete (they would list the deleted chart for --cache-ttl)."""
+    import yaml
+
+    from cnr_oci import appkeys
+    from cnr_oci.settings import Settings
+
+    client = await make_client(Settings(upstream=registry.url, cache_ttl=300))
+    ns = ns_()
+    for version in ("1.0.0", "1.1.0"):
+        await push(client, ns, "web", chart("web", version), version)
+    store = client.app[appkeys.STORE]
+    store.read.forget(f"{ns}/web")
+    real_manifest, entered, release = store.read.manifest, asyncio.Event(), asyncio.Event()
+
+    async def slow_manifest(repo, ref, *a, **kw):
+        got = await real_manifest(repo, ref, *a, **kw)
+        if ref == "1.1.0" and not entered.is_set():  # the index build's read of the release to delete
+            entered.set()
+            await release.wait()
+        return got
+
+    store.read.manifest = slow_manifest
+    building = asyncio.ensure_future(client.get(f"/helm/{ns}/index.yaml"))
+    await asyncio.wait_for(entered.wait(), 5)
+    # Through CNR (the ChartMuseum delete looks the chart up in the index, so it would wait for this build).
+    deleted = await client.delete(f"/cnr/api/v1/packages/{ns}/web/1.1.0/helm")
+    assert deleted.status == 200, await deleted.text()
+    after = asyncio.ensure_future(client.get(f"/helm/{ns}/index.yaml"))
+    await asyncio.sleep(0.05)
+    release.set()
+    await (await building).read()
+    for resp in (await after, await client.get(f"/helm/{ns}/index.yaml")):
+        versions = [e["version"] for e in yaml.safe_load(await resp.read())["entries"]["web"]]
+        assert versions == ["1.0.0"], versions
+
+
+def fake_prov(name: str, version: str, tgz: bytes, nl: bytes = b"\n") -> bytes:
+    """A clear-signed-looking .prov that signs tgz (cnr-oci checks the form and the digest, not the signature)."""
+    import hashlib
+
+    lines = [b"-----BEGIN PGP SIGNED MESSAGE-----", b"Hash: SHA512", b"", b"apiVersion: v2",
+             f"name: {name}".encode(), f"version: {version}".encode(), b"", b"...", b"files:",
+             f"  {name}-{version}.tgz: sha256:{hashlib.sha256(tgz).hexdigest()}".encode(),
+             b"-----BEGIN PGP SIGNATURE-----", b"", b"c2ln", b"-----END PGP SIGNATURE-----"]
+    return nl.join(lines) + nl
+
+
+async def test_a_chart_in_a_release_that_also_holds_a_kpm_is_in_the_index_and_takes_a_prov_keeping_the_kpm(
+        client, registry):
+    """A release holding a chart and another media type is an OCI index: its chart was left out of
+    index.yaml (so helm could not find it, and a .prov for it was 404)."""
+    import yaml
+
+    ns = ns_()
+    tgz, kpm = chart("web", "1.0.0"), helpers.kpm()
+    await push(client, ns, "web", tgz, "1.0.0")
+    resp = await client.post(f"/cnr/api/v1/packages/{ns}/web", json=helpers.body(kpm, "1.0.0", "kpm"))
+    assert resp.status == 200, await resp.text()
+    entries = yaml.safe_load(await (await client.get(f"/helm/{ns}/index.yaml")).read())["entries"]
+    assert [e["version"] for e in entries.get("web", [])] == ["1.0.0"]
+    assert await (await client.get(f"/helm/{ns}/charts/web-1.0.0.tgz")).read() == tgz
+    prov = fake_prov("web", "1.0.0", tgz, b"\r\n")  # CRLF, as a file edited on Windows
+    resp = await client.post(f"{CM}/{ns}/prov", data=prov)
+    assert resp.status == 201, await resp.text()
+    got = await client.get(f"/helm/{ns}/charts/web-1.0.0.tgz.prov")
+    assert got.status == 200 and await got.read() == prov
+    for media_type, blob in (("kpm", kpm), ("helm", tgz)):
+        pulled = await client.get(f"/cnr/api/v1/packages/{ns}/web/1.0.0/{media_type}/pull")
+        assert pulled.status == 200 and await pulled.read() == blob, media_type
+
+
+async def test_a_prov_for_a_chart_another_tool_pushed_as_a_docker_manifest_is_201_not_502(make_client, registry):
+    """The chart's manifest is Docker schema 2 (mediaType in the document); written back with a provenance
+    layer under the OCI content type, the registry refused it (MANIFEST_INVALID, a 502)."""
+    import json
+
+    from cnr_oci.settings import Settings
+
+    client = await make_client(Settings(upstream=registry.url, cache_ttl=0))
+    ns = ns_()
+    tgz, config = chart("dock", "1.0.0"), json.dumps({"apiVersion": "v2", "name": "dock", "version": "1.0.0"}).encode()
+    docker = "application/vnd.docker.distribution.manifest.v2+json"
+    for blob in (tgz, config):
+        helpers.put_blob(registry.url, f"{ns}/dock", blob)
+    helpers.put_manifest(registry.url, f"{ns}/dock", "1.0.0", {
+        "schemaVersion": 2, "mediaType": docker,
+        "config": helpers.descriptor("application/vnd.cncf.helm.config.v1+json", config),
+        "layers": [helpers.descriptor("application/vnd.cncf.helm.chart.content.v1.tar+gzip", tgz)]}, docker)
+    prov = fake_prov("dock", "1.0.0", tgz)
+    resp = await client.post(f"{CM}/{ns}/prov", data=prov)
+    assert resp.status == 201, await resp.text()
+    assert await (await client.get(f"/helm/{ns}/charts/dock-1.0.0.tgz.prov")).read() == prov
+    assert await (await client.get(f"/helm/{ns}/charts/dock-1.0.0.tgz")).read() == tgz
+
+
+async def test_a_chart_another_tool_pushes_to_a_new_package_shows_within_the_cache_ttl(make_client, registry):
+    """The index lived --cache-ttl from when its packages were read, but the catalog it listed them from
+    could already be almost --cache-ttl old: a new package stayed out for up to twice the TTL."""
+    import json
+    import time
+
+    import yaml
+
+    from cnr_oci.settings import Settings
+    from tests.test_interop import push_like_helm
+
+    ttl = 1.0
+    client = await make_client(Settings(upstream=registry.url, cache_ttl=ttl))
+    ns = ns_()
+    await push(client, ns, "old", chart("old", "1.0.0"), "1.0.0")
+    await (await client.get(f"/helm/{ns_()}/index.yaml")).read()  # the catalog, read now and cached
+    pushed = time.monotonic()
+    push_like_helm(registry.url, f"{ns}/new", "1.0.0", chart("new", "1.0.0"),
+                   json.dumps({"apiVersion": "v2", "name": "new", "version": "1.0.0"}).encode())
+    await asyncio.sleep(0.4)
+    await (await client.get(f"/helm/{ns}/index.yaml")).read()  # built now, from that catalog
+    await asyncio.sleep(max(0.0, pushed + ttl + 0.15 - time.monotonic()))
+    entries = yaml.safe_load(await (await client.get(f"/helm/{ns}/index.yaml")).read())["entries"]
+    assert sorted(entries) == ["new", "old"]
