@@ -106,7 +106,8 @@ async def open_backend(settings: Settings, upstream: str, metrics: Metrics) -> A
             redis = from_url(settings.redis_url)
         try:
             store = Store(client, settings.repository_prefix, cache_ttl=settings.cache_ttl,
-                          locks=PackageLocks(redis))
+                          locks=PackageLocks(redis), blob_cache_size=settings.blob_cache_size,
+                          blob_cache_max=settings.blob_cache_max)
             yield Backend(store, creds)
         finally:
             if redis is not None:

@@ -120,6 +120,9 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
      "open client connections per process; idle ones are closed first, then new ones refused (default 1000)"),
     ("--header-timeout", "header_timeout", _at_least(0.1, float),
      "seconds a client has to send a request's line and headers, and for the TLS handshake (default 10)"),
+    ("--blob-cache-size", "blob_cache_size", parse_size,
+     "bytes of small blobs kept in memory, verified, by digest (default 256MiB; 0: no blob cache)"),
+    ("--blob-cache-max", "blob_cache_max", parse_size, "the largest blob the blob cache keeps (default 1MiB)"),
 ]
 SWITCHES = {"anonymous_read", "service_write", "tls_insecure", "insecure_open"}
 

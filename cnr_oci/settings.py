@@ -47,3 +47,6 @@ class Settings:
     header_timeout: float = 10.0
     body_grace: float = 10.0
     body_min_rate: float = 16 * 1024.0
+    # The blob cache (README "Caching"): bytes held in all, and the largest blob kept.
+    blob_cache_size: int = 256 * 1024 * 1024
+    blob_cache_max: int = 1024 * 1024
