@@ -15,6 +15,7 @@ from cnr_oci.auth import identity_key
 from cnr_oci.entries import Contents, Details, Entry, parse_stored
 from cnr_oci.layout import Manifest
 from cnr_oci.mapping import Package
+from cnr_oci.releaselist import ReleaseLists
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,8 +63,8 @@ class ReadModel:
         self._manifests: LRUCache[str, Manifest] = LRUCache(CACHE_BYTES, getsizeof=lambda m: _weight(len(m.raw)))
         self._configs: LRUCache[str, tuple[dict[str, Any], int]] = LRUCache(CACHE_BYTES,
                                                                             getsizeof=lambda c: _weight(c[1]))
-        # The releases of a cached tag list, sorted: (that tag list, its releases), per identity.
-        self._sorted: TTLCache[tuple[str, str], tuple[list[str], list[str]]] = TTLCache(TTL_ENTRIES, ttl)
+        # The releases of a tag list, sorted, and what queries selected in them, per identity.
+        self._releases = ReleaseLists()
         # Migrated releases' old digests to their blobs, with the tag list they were read from.
         self._old_digests: TTLCache[tuple[str, str], tuple[Any, dict[str, str]]] = TTLCache(TTL_ENTRIES, ttl)
         self._fanout = asyncio.Semaphore(fanout or DEFAULT_FANOUT)
@@ -159,23 +160,18 @@ class ReadModel:
 
     # -- releases ------------------------------------------------------------------------------------
 
-    async def releases(self, pkg: Package) -> list[str]:
-        """Every semver tag of the package, descending. 404 when there is none."""
+    async def releases(self, pkg: Package, query: str | None = None) -> list[str]:
+        """Every semver tag of the package, descending (with a checked ``query``: those it selects).
+        404 when there is none. Parsed, sorted and matched once per tag list, not once per request."""
         repo = self.repo(pkg)
         if self.before_listing is not None:
             await self.before_listing(repo)
-        tags = await self.tags(repo)
-        key = (identity_key(), repo)
-        memo = self._sorted.get(key)
-        if memo is None or memo[0] is not tags:
-            # Parsed and sorted once per tag list fetched, not once per request.
-            memo = (tags, mapping.sort_releases(r for t in tags if (r := mapping.tag_to_release(t))))
-            self._sorted[key] = memo
-        if not memo[1]:
+        found = self._releases.get((identity_key(), repo), await self.tags(repo))
+        if not found.ordered:
             raise errors.PackageNotFound(
                 f"package {pkg.full} not found", {"package": pkg.full, "release": None, "media_type": None}
             )
-        return list(memo[1])
+        return list(found.match(query))
 
     async def contents(self, repo: str, release: str, fresh: bool = False) -> Contents:
         """Read a release tag: a package manifest, an image, or an index of both."""
@@ -220,7 +216,7 @@ class ReadModel:
             InvalidUsage: media type '-' on a release holding several.
         """
         mapping.check_query(query)
-        candidates = mapping.match_releases(await self.releases(pkg), query, presorted=True)
+        candidates = await self.releases(pkg, query)
         if not candidates:
             raise errors.ReleaseNotFound(
                 f"no release of {pkg.full} matches {query!r}", {"package": pkg.full, "release_query": query},

@@ -224,3 +224,32 @@ async def test_concurrent_pulls_of_a_cold_release_make_one_request_each(client, 
         ("GET", f"/v2/{ns}/{name}/manifests/1.0.0"),
         ("GET", f"/v2/{ns}/{name}/blobs/sha256:{sha(blob)}"),
     ])
+
+
+# -- the release list ----------------------------------------------------------------------------
+
+
+async def test_releases_are_sorted_and_matched_once_per_tag_list(make_client, settings, monkeypatch):
+    """With --cache-ttl 0 the tag list is read again for every pull: the same tags reuse the sorted
+    releases and the query's answer; a new release rebuilds them."""
+    from cnr_oci import mapping
+
+    client = await make_client(dataclasses.replace(settings, cache_ttl=0))
+    ns, name = unique()
+    blobs = [package() for _ in range(3)]
+    for i, blob in enumerate(blobs[:2]):
+        await push(client, f"{ns}/{name}", blob, f"1.0.{i}")
+    sorts, matches = [], []
+    real_sort, real_match = mapping.sort_releases, mapping.match_releases
+    monkeypatch.setattr(mapping, "sort_releases", lambda rs: sorts.append(1) or real_sort(rs))
+    monkeypatch.setattr(mapping, "match_releases",
+                        lambda *a, **k: matches.append(1) or real_match(*a, **k))
+    calls = record_upstream(client, monkeypatch)
+    for _ in range(3):
+        resp = await client.get(f"{API}/{ns}/{name}/%3E%3D1.0.0/kpm/pull")
+        assert await resp.read() == blobs[1]
+    assert len([c for c in calls if c[1].endswith("/tags/list")]) == 3  # read again each time
+    assert (len(sorts), len(matches)) == (1, 1)
+    await push(client, f"{ns}/{name}", blobs[2], "1.0.2")
+    assert await (await client.get(f"{API}/{ns}/{name}/%3E%3D1.0.0/kpm/pull")).read() == blobs[2]
+    assert (len(sorts), len(matches)) == (2, 2)
