@@ -14,6 +14,7 @@ from yarl import URL
 
 from cnr_oci import appkeys
 from cnr_oci.embedded import EmbeddedRegistry
+from cnr_oci.settings import Settings
 from tests.helpers import body, kpm, sha, unique
 from tests.token_server import basic
 
@@ -253,3 +254,18 @@ async def test_releases_are_sorted_and_matched_once_per_tag_list(make_client, se
     await push(client, f"{ns}/{name}", blobs[2], "1.0.2")
     assert await (await client.get(f"{API}/{ns}/{name}/%3E%3D1.0.0/kpm/pull")).read() == blobs[2]
     assert (len(sorts), len(matches)) == (2, 2)
+
+
+async def test_a_trickling_small_blob_is_a_503_before_any_byte(aiohttp_server, make_client, client, registry):
+    """A blob the cache would keep is read whole first: cut off for its rate, it is a CNR error, not a short body."""
+    from tests.fake_upstream import make_trickle_proxy
+
+    ns, name = unique()
+    blob = package(32 * 1024)
+    await push(client, f"{ns}/{name}", blob)
+    proxy = await aiohttp_server(make_trickle_proxy(registry.url, rate=2000, step=0.1))
+    slow = await make_client(Settings(upstream=str(proxy.make_url("")).rstrip("/"), upstream_min_rate=8192,
+                                      upstream_rate_window=1))
+    resp = await slow.get(f"{API}/{ns}/{name}/1.0.0/kpm/pull")
+    assert resp.status == 503 and (await resp.json())["code"] == "upstream-unavailable"
+    assert "sha256:" + sha(blob) not in cache_of(slow)
