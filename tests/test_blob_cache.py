@@ -269,3 +269,25 @@ async def test_a_trickling_small_blob_is_a_503_before_any_byte(aiohttp_server, m
     resp = await slow.get(f"{API}/{ns}/{name}/1.0.0/kpm/pull")
     assert resp.status == 503 and (await resp.json())["code"] == "upstream-unavailable"
     assert "sha256:" + sha(blob) not in cache_of(slow)
+
+
+async def test_wrong_bytes_never_enter_the_cache_and_concurrent_misses_share_the_error(
+        aiohttp_server, make_client, client, registry, monkeypatch):
+    from tests.fake_upstream import make_proxy
+
+    ns, name = unique()
+    blob = package()
+    await push(client, f"{ns}/{name}", blob)
+    proxy = await aiohttp_server(make_proxy(registry.url, corrupt_blobs=True))
+    bad = await make_client(Settings(upstream=str(proxy.make_url("")).rstrip("/")))
+    calls = record_upstream(bad, monkeypatch, delay=0.05)
+
+    async def get() -> tuple[int, str]:
+        resp = await bad.get(f"{API}/{ns}/{name}/blobs/sha256/{sha(blob)}")
+        return resp.status, (await resp.json())["code"]
+
+    assert await asyncio.gather(*(get() for _ in range(8))) == [(502, "upstream-unavailable")] * 8
+    assert len(blob_gets(calls)) == 1
+    assert "sha256:" + sha(blob) not in cache_of(bad) and cache_of(bad).held == 0
+    assert await get() == (502, "upstream-unavailable")  # asked again: the error was not kept either
+    assert len(blob_gets(calls)) == 2
