@@ -120,7 +120,8 @@ async def open_backend(settings: Settings, upstream: str, metrics: Metrics) -> A
         invalidation: Invalidation | None = None
         try:
             store = Store(client, settings.repository_prefix, cache_ttl=settings.cache_ttl,
-                          locks=PackageLocks(redis))
+                          locks=PackageLocks(redis), blob_cache_size=settings.blob_cache_size,
+                          blob_cache_max=settings.blob_cache_max)
             if bus is not None:  # other replicas' writes drop our caches, ours drop theirs
                 invalidation = Invalidation(bus, store.read)
                 await invalidation.start()

@@ -124,6 +124,9 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
      "the ChartMuseum upload API ignores ?force: an existing chart version or .prov is never replaced"),
     ("--workers", "workers", _at_least(1, int, 64),
      "server processes sharing the port (SO_REUSEPORT); more than 1 needs --redis-url (default 1)"),
+    ("--blob-cache-size", "blob_cache_size", parse_size,
+     "bytes of small blobs kept in memory, verified, by digest (default 256MiB; 0: no blob cache)"),
+    ("--blob-cache-max", "blob_cache_max", parse_size, "the largest blob the blob cache keeps (default 1MiB)"),
 ]
 SWITCHES = {"anonymous_read", "service_write", "tls_insecure", "insecure_open", "disable_force_overwrite"}
 

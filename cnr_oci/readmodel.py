@@ -10,11 +10,12 @@ from typing import Any, TypeVar
 
 from cachetools import LRUCache, TTLCache
 
-from cnr_oci import blobs, errors, layout, mapping, oci, safejson, schemas, upstream
+from cnr_oci import blobcache, errors, layout, mapping, oci, safejson, schemas, upstream
 from cnr_oci.auth import identity_key
 from cnr_oci.entries import Contents, Details, Entry, parse_stored
 from cnr_oci.layout import Manifest
 from cnr_oci.mapping import Package
+from cnr_oci.releaselist import ReleaseLists
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,7 +50,8 @@ class ReadModel:
     """
 
     def __init__(self, client: oci.OciClient, prefix: str = "", *, cache_ttl: float = 2.0,
-                 fanout: int | None = None) -> None:
+                 fanout: int | None = None, blob_cache_size: int = blobcache.DEFAULT_SIZE,
+                 blob_cache_max: int = blobcache.DEFAULT_MAX) -> None:
         self.client = client
         self.prefix = prefix.strip("/")
         self.cache_ttl = cache_ttl
@@ -61,16 +63,18 @@ class ReadModel:
         self._manifests: LRUCache[str, Manifest] = LRUCache(CACHE_BYTES, getsizeof=lambda m: _weight(len(m.raw)))
         self._configs: LRUCache[str, tuple[dict[str, Any], int]] = LRUCache(CACHE_BYTES,
                                                                             getsizeof=lambda c: _weight(c[1]))
-        # The releases of a cached tag list, sorted: (that tag list, its releases), per identity.
-        self._sorted: TTLCache[tuple[str, str], tuple[list[str], list[str]]] = TTLCache(TTL_ENTRIES, ttl)
+        # The releases of a tag list, sorted, and what queries selected in them, per identity.
+        self._releases = ReleaseLists()
         # Migrated releases' old digests to their blobs, with the tag list they were read from.
         self._old_digests: TTLCache[tuple[str, str], tuple[Any, dict[str, str]]] = TTLCache(TTL_ENTRIES, ttl)
         self._fanout = asyncio.Semaphore(fanout or DEFAULT_FANOUT)
         self._inflight: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
         # Run before a release listing: the write path settles tag writes of unknown outcome there.
         self.before_listing: Callable[[str], Awaitable[None]] | None = None
+        # Small blobs by digest, served where the registry let the caller read them within the TTL.
+        self.blobs = blobcache.BlobCache(client, size=blob_cache_size, max_blob=blob_cache_max, ttl=ttl)
         # Called with (repository, tag or None) whenever a write made cached reads stale.
-        self.on_forget: list[Callable[[str, str | None], None]] = []
+        self.on_forget: list[Callable[[str, str | None], None]] = [self.blobs.forget]
 
     def repo(self, pkg: Package) -> str:
         return pkg.repository(self.prefix)
@@ -86,13 +90,7 @@ class ReadModel:
 
     async def once(self, key: tuple[Any, ...], make: Callable[[], Awaitable[T]]) -> T:
         """Single flight: concurrent callers with one key share one computation."""
-        running = self._inflight.get(key)
-        if running is None:
-            running = asyncio.ensure_future(make())
-            self._inflight[key] = running
-            running.add_done_callback(lambda _: self._inflight.pop(key, None))
-        result: T = await asyncio.shield(running)
-        return result
+        return await blobcache.once(self._inflight, key, make)
 
     def forget(self, repo: str, tag: str | None = None) -> None:
         """Drop what our own write made stale, for every identity."""
@@ -101,20 +99,24 @@ class ReadModel:
         if tag is not None:
             for dkey in [k for k in list(self._tag_digest.keys()) if k[1] == repo and k[2] == tag]:
                 self._tag_digest.pop(dkey, None)
+        for running in [k for k in self._inflight if k[2:3] == (repo,)]:  # later reads start afresh
+            self._inflight.pop(running, None)
         for hook in self.on_forget:
             hook(repo, tag)
-
-    # -- tags and manifests --------------------------------------------------------------------------
 
     async def tags(self, repo: str) -> list[str]:
         key = (identity_key(), repo)
         tags = self._tags.get(key)
         if tags is None:
-            try:
-                tags = await self.bounded(self.client.tags(repo))
-            except upstream.NotFound:
-                tags = []
-            self._tags[key] = tags
+            tags = await self.once(("tags", *key), lambda: self._fetch_tags(key))
+        return tags
+
+    async def _fetch_tags(self, key: tuple[str, str]) -> list[str]:
+        try:
+            tags = await self.bounded(self.client.tags(key[1]))
+        except upstream.NotFound:
+            tags = []
+        self._tags[key] = tags
         return tags
 
     async def manifest(self, repo: str, ref: str, fresh: bool = False) -> Manifest | None:
@@ -126,6 +128,12 @@ class ReadModel:
             cached = self._manifests.get(digest)
             if cached is not None:
                 return cached
+        if fresh:
+            return await self._fetch_manifest(repo, ref, digest)
+        return await self.once(("manifest", identity_key(), repo, digest or ref),
+                               lambda: self._fetch_manifest(repo, ref, digest))
+
+    async def _fetch_manifest(self, repo: str, ref: str, digest: str | None) -> Manifest | None:
         try:
             m = await self.bounded(self.client.get_manifest(repo, digest or ref))
         except upstream.NotFound:
@@ -152,23 +160,18 @@ class ReadModel:
 
     # -- releases ------------------------------------------------------------------------------------
 
-    async def releases(self, pkg: Package) -> list[str]:
-        """Every semver tag of the package, descending. 404 when there is none."""
+    async def releases(self, pkg: Package, query: str | None = None) -> list[str]:
+        """Every semver tag of the package, descending (with a checked ``query``: those it selects).
+        404 when there is none. Parsed, sorted and matched once per tag list, not once per request."""
         repo = self.repo(pkg)
         if self.before_listing is not None:
             await self.before_listing(repo)
-        tags = await self.tags(repo)
-        key = (identity_key(), repo)
-        memo = self._sorted.get(key)
-        if memo is None or memo[0] is not tags:
-            # Parsed and sorted once per tag list fetched, not once per request.
-            memo = (tags, mapping.sort_releases(r for t in tags if (r := mapping.tag_to_release(t))))
-            self._sorted[key] = memo
-        if not memo[1]:
+        found = self._releases.get((identity_key(), repo), await self.tags(repo))
+        if not found.ordered:
             raise errors.PackageNotFound(
                 f"package {pkg.full} not found", {"package": pkg.full, "release": None, "media_type": None}
             )
-        return list(memo[1])
+        return list(found.match(query))
 
     async def contents(self, repo: str, release: str, fresh: bool = False) -> Contents:
         """Read a release tag: a package manifest, an image, or an index of both."""
@@ -180,7 +183,7 @@ class ReadModel:
             if media_type is not None:
                 desc = layout.package_descriptor(media_type, top)
                 return Contents(top, [desc], {media_type: (desc, top)})
-            return Contents(top, [await self._image_descriptor(repo, top)], {})
+            return Contents(top, [await _image_descriptor(self, repo, top)], {})
         children = layout.index_children(top)
         candidates = [d for d in children if layout.may_hold_package(d)]
         found = await self.gather(self.manifest(repo, d["digest"]) for d in candidates)
@@ -190,14 +193,6 @@ class ReadModel:
             if m is not None and media_type is not None:
                 packages.setdefault(media_type, (d, m))
         return Contents(top, children, packages)
-
-    async def _image_descriptor(self, repo: str, m: Manifest) -> dict[str, Any]:
-        config = m.doc.get("config") or {}
-        platform = None
-        if isinstance(config.get("digest"), str):
-            with contextlib.suppress(upstream.RegistryError):
-                platform = layout.image_platform(await self.bounded(self.client.get_small_blob(repo, config["digest"])))
-        return layout.image_descriptor(m, platform)
 
     async def entries(self, pkg: Package, release: str, fresh: bool = False) -> list[Entry]:
         """The packages a release tag holds: one for a manifest, several for an index."""
@@ -221,7 +216,7 @@ class ReadModel:
             InvalidUsage: media type '-' on a release holding several.
         """
         mapping.check_query(query)
-        candidates = mapping.match_releases(await self.releases(pkg), query, presorted=True)
+        candidates = await self.releases(pkg, query)
         if not candidates:
             raise errors.ReleaseNotFound(
                 f"no release of {pkg.full} matches {query!r}", {"package": pkg.full, "release_query": query},
@@ -263,12 +258,12 @@ class ReadModel:
                 metadata = None
         return Details(metadata, created)
 
-    async def open_blob(self, pkg: Package, digest: str) -> blobs.BlobStream:
-        """A verified stream of one blob of the package; a digest the registry does not know may be the one
-        a migrated release had on its source (appr hashed the tar): that release's blob is streamed. 404
-        (PackageNotFound, the digest named) when neither knows it."""
+    async def open_blob(self, pkg: Package, digest: str) -> blobcache.Blob:
+        """A verified stream of a blob of the package (small ones from memory); a digest the registry does not
+        know may be the one a migrated release had on its source (appr hashed the tar): that release's blob
+        is streamed. 404 (PackageNotFound, the digest named) when neither knows it."""
         try:
-            return await self.client.open_blob(self.repo(pkg), digest)
+            return await self.blobs.open(self.repo(pkg), digest)
         except upstream.NotFound as exc:
             migrated = (await self._source_digests(pkg)).get(digest)
             if migrated is None:
@@ -276,7 +271,7 @@ class ReadModel:
                     f"blob {digest} not found in {pkg.full}",
                     {"package": pkg.full, "release": digest, "media_type": None},
                 ) from exc
-        return await self.client.open_blob(self.repo(pkg), migrated)
+        return await self.blobs.open(self.repo(pkg), migrated)
 
     async def _source_digests(self, pkg: Package) -> dict[str, str]:
         """old_digests of the package: a manifest read a release, so kept with its tag list, and shared."""
@@ -290,6 +285,16 @@ class ReadModel:
             entries = await self.once(("old-digests", *key), lambda: self.all_entries(pkg, releases))
             memo = self._old_digests[key] = (tags, old_digests(pkg, entries))
         return memo[1]
+
+
+async def _image_descriptor(read: ReadModel, repo: str, m: Manifest) -> dict[str, Any]:
+    """An image's descriptor in a release's contents, with its platform when its config tells."""
+    config = m.doc.get("config") or {}
+    platform = None
+    if isinstance(config.get("digest"), str):
+        with contextlib.suppress(upstream.RegistryError):
+            platform = layout.image_platform(await read.bounded(read.client.get_small_blob(repo, config["digest"])))
+    return layout.image_descriptor(m, platform)
 
 
 def old_digests(pkg: Package, entries: list[Entry]) -> dict[str, str]:

@@ -51,3 +51,6 @@ class Settings:
     body_min_rate: float = 16 * 1024.0
     # Server processes on one port (SO_REUSEPORT); more than one needs redis_url (cnr_oci/workers.py).
     workers: int = 1
+    # The blob cache (README "Caching"): bytes held in all, and the largest blob kept.
+    blob_cache_size: int = 256 * 1024 * 1024
+    blob_cache_max: int = 1024 * 1024

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from cnr_oci import errors, oci
 from cnr_oci.auth import IDENTITY, Credentials
+from cnr_oci.blobcache import DEFAULT_MAX, DEFAULT_SIZE
 from cnr_oci.catalog import Catalog
 from cnr_oci.channels import Channels
 from cnr_oci.entries import Details, Entry
@@ -19,9 +20,11 @@ class Store:
     questions that take more than one (a listing with details, a release with its channels)."""
 
     def __init__(self, client: oci.OciClient, prefix: str = "", *, cache_ttl: float = 2.0,
-                 fanout: int | None = None, locks: PackageLocks | None = None) -> None:
+                 fanout: int | None = None, locks: PackageLocks | None = None,
+                 blob_cache_size: int = DEFAULT_SIZE, blob_cache_max: int = DEFAULT_MAX) -> None:
         self.client = client
-        self.read = ReadModel(client, prefix, cache_ttl=cache_ttl, fanout=fanout)
+        self.read = ReadModel(client, prefix, cache_ttl=cache_ttl, fanout=fanout,
+                              blob_cache_size=blob_cache_size, blob_cache_max=blob_cache_max)
         self.write = WritePath(self.read, locks)
         self.channels = Channels(self.read, self.write)
         self.catalog = Catalog(self.read)

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cnr_oci import appkeys, blobs
+from cnr_oci import appkeys, blobcache
 
 
 def b64_chunk_size(chunk: int) -> int:
@@ -20,7 +20,7 @@ def b64_chunk_size(chunk: int) -> int:
 STREAM_CHUNK = b64_chunk_size(1024 * 1024)
 
 
-async def stream_blob(request: web.Request, blob: blobs.BlobStream, filename: str,
+async def stream_blob(request: web.Request, blob: blobcache.Blob, filename: str,
                       json_fields: dict[str, Any] | None,
                       content_type: str = "application/x-gzip") -> web.StreamResponse:
     """Pass the blob through; with ``json_fields``, as a JSON pull document with the blob base64ed

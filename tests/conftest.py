@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,6 +25,9 @@ from tests.appr_server import installed as appr_server_installed
 from tests.clients.install_appr_server import main as install_appr_server
 from tests.helmcli import helm  # noqa: F401  (registers the fixture for every test module)
 from tests.helpers import body, kpm, unique
+from tests.token_server import ACL as TOKEN_ACL
+from tests.token_server import USERS as TOKEN_USERS
+from tests.token_server import TokenServer, start_token_registry
 
 
 def require_binary(name: str) -> None:
@@ -116,6 +120,27 @@ async def existing(client: TestClient) -> tuple[str, str]:
     resp = await client.post(f"/cnr/api/v1/packages/{ns}/{name}", json=body(kpm()))
     assert resp.status == 200
     return ns, name
+
+
+@pytest.fixture(scope="module")
+def token_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    """A real registry in token mode, trusting the `tokens` server (started per test on env.port)."""
+    env = start_token_registry(tmp_path_factory.mktemp("token"))
+    yield env
+    env.registry.stop()
+
+
+@pytest.fixture
+async def tokens(aiohttp_server: Any, token_env: SimpleNamespace) -> TokenServer:
+    """The token server of token_env, granting token_server.ACL to token_server.USERS."""
+    server = TokenServer(token_env.key, token_env.cert, TOKEN_USERS, TOKEN_ACL)
+    await aiohttp_server(server.app(), port=token_env.port)
+    return server
+
+
+@pytest.fixture
+async def token_client(make_client: CnrClient, token_env: SimpleNamespace, tokens: TokenServer) -> TestClient:
+    return await make_client(Settings(upstream=token_env.registry.url))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -16,17 +16,10 @@ from cnr_oci.settings import Settings
 from tests.certs import self_signed
 from tests.conftest import TEST_SECRET, start_htpasswd_registry, start_registry
 from tests.helpers import body, kpm, unique
-from tests.token_server import TokenServer, start_token_registry
+from tests.token_server import USERS, basic
 
 API = "/cnr/api/v1/packages"
 LOGIN = "/cnr/api/v1/users/login"
-USERS = {"alice": "alice-pw-1", "admin": "admin-pw-2", "carol": "carol-pw-3"}
-
-
-def basic(user: str, password: str | None = None, scheme: str = "Basic") -> dict[str, str]:
-    raw = f"{user}:{password if password is not None else USERS[user]}".encode()
-    return {"Authorization": f"{scheme} {base64.b64encode(raw).decode()}"}
-
 
 async def login(client, user, password=None):
     resp = await client.post(LOGIN, json={"user": {"username": user, "password": password or USERS[user]}})
@@ -116,30 +109,7 @@ async def test_service_credentials_from_a_docker_config(make_client, htpasswd_re
 # -- token mode -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def token_env(tmp_path_factory):
-    env = start_token_registry(tmp_path_factory.mktemp("token"))
-    yield env
-    env.registry.stop()
-
-
-ACL = {
-    "alice": {"a*/*": {"pull", "push"}, "b*/*": {"pull"}},
-    "admin": {"*": {"pull", "push", "delete"}},
-    "carol": {},
-}
-
-
-@pytest.fixture
-async def tokens(aiohttp_server, token_env):
-    server = TokenServer(token_env.key, token_env.cert, USERS, ACL)
-    await aiohttp_server(server.app(), port=token_env.port)
-    return server
-
-
-@pytest.fixture
-async def token_client(make_client, token_env, tokens):
-    return await make_client(Settings(upstream=token_env.registry.url))
+# token_env, tokens and token_client are in conftest.py; USERS and ACL in token_server.py.
 
 
 async def test_token_mode_permissions(token_client, tokens):
@@ -195,7 +165,9 @@ async def test_listing_and_search_show_only_what_the_caller_can_read(token_clien
     assert await (await token_client.get(f"{API}/search", params={"q": tag}, headers=basic("carol"))).json() == []
 
 
-async def test_tokens_are_cached_per_identity_until_expiry(token_client, tokens):
+async def test_tokens_are_cached_per_identity_until_expiry(make_client, token_env, tokens):
+    # Without the blob cache, so that every pull makes an upstream request (the blob GET).
+    token_client = await make_client(Settings(upstream=token_env.registry.url, blob_cache_size=0))
     repo = f"a{unique()[0]}/x"
     await token_client.post(f"{API}/{repo}", json=body(kpm()), headers=basic("alice"))
     before = len(tokens.requests)

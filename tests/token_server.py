@@ -23,6 +23,19 @@ from cnr_oci.embedded import free_port
 
 SERVICE = "test-registry"
 ISSUER = "test-issuer"
+# The users of the token-mode tests and what each may do (repository glob -> actions): carol has no rights.
+USERS = {"alice": "alice-pw-1", "admin": "admin-pw-2", "carol": "carol-pw-3"}
+ACL = {
+    "alice": {"a*/*": {"pull", "push"}, "b*/*": {"pull"}},
+    "admin": {"*": {"pull", "push", "delete"}},
+    "carol": {},
+}
+
+
+def basic(user: str, password: str | None = None, scheme: str = "Basic") -> dict[str, str]:
+    """An Authorization header for one of USERS (or any user and password)."""
+    raw = f"{user}:{password if password is not None else USERS[user]}".encode()
+    return {"Authorization": f"{scheme} {base64.b64encode(raw).decode()}"}
 
 
 @dataclass
