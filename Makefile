@@ -58,6 +58,7 @@ system-deps:
 	command -v skopeo >/dev/null || missing="$$missing skopeo"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v gpg >/dev/null || missing="$$missing gnupg"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
 	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi

@@ -122,8 +122,11 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
      "seconds a client has to send a request's line and headers, and for the TLS handshake (default 10)"),
     ("--disable-force-overwrite", "disable_force_overwrite", _bool,
      "the ChartMuseum upload API ignores ?force: an existing chart version or .prov is never replaced"),
+    ("--blob-redirect", "blob_redirect", _bool,
+     "where the registry redirects a blob GET to storage, answer the client 307 there instead of streaming"),
 ]
-SWITCHES = {"anonymous_read", "service_write", "tls_insecure", "insecure_open", "disable_force_overwrite"}
+SWITCHES = {"anonymous_read", "service_write", "tls_insecure", "insecure_open", "disable_force_overwrite",
+            "blob_redirect"}
 
 
 def env_name(flag: str) -> str:
