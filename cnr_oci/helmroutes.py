@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from cnr_oci import appkeys, mapping
+from cnr_oci.blobredirect import open_for_client
 from cnr_oci.helmrepo import HelmRepository
 from cnr_oci.streaming import stream_blob
 
@@ -37,7 +38,9 @@ async def helm_chart(request: web.Request) -> web.StreamResponse:
     namespace = _namespace(request)
     filename = request.match_info["file"]
     package, digest = await _repo(request).chart(namespace, filename)
-    blob = await request.config_dict[appkeys.STORE].read.open_blob(package, digest)
+    blob = await open_for_client(request, package, digest)
+    if isinstance(blob, web.Response):
+        return blob
     # A .prov as ChartMuseum sends it (pkg/repo ProvenanceFileContentType).
     kind = "application/pgp-signature" if filename.endswith(".prov") else "application/x-gzip"
     return await stream_blob(request, blob, filename, None, kind)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -23,8 +24,18 @@ from cnr_oci.upstream import (
     parse_manifest,
     read_capped,
 )
+from cnr_oci.upstream import origin as upstream_origin
 
 log = logging.getLogger(__name__)
+# Redirect statuses a blob GET may answer (distribution with S3, GCS or a CDN middleware: 307).
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
+@dataclass(frozen=True)
+class BlobRedirect:
+    """Where the registry sent a blob GET: storage's presigned URL, for the client to fetch itself."""
+
+    location: str
 
 MAX_LIST = 16 * 1024 * 1024  # one page of tags or of the catalog
 
@@ -136,6 +147,25 @@ class OciClient(Transport):
         """Open a blob for streaming; the stream checks the digest and the rate as it goes."""
         resp = await self._request("GET", f"/v2/{repo}/blobs/{digest}")
         return BlobStream(resp, digest, self.min_rate, self.rate_window)
+
+    async def open_blob_or_redirect(self, repo: str, digest: str) -> BlobStream | BlobRedirect:
+        """open_blob, except that a registry answering with a redirect to another origin (its storage or
+        a CDN: a presigned URL) is not followed: that URL is returned, for the client to fetch. A
+        redirect to the registry's own origin is followed, as the caller."""
+        resp = await self._request("GET", f"/v2/{repo}/blobs/{digest}", expect=(200, *REDIRECTS), redirects=False)
+        if resp.status == 200:
+            return BlobStream(resp, digest, self.min_rate, self.rate_window)
+        resp.release()
+        location = resp.headers.get("Location", "")
+        try:
+            target = resp.url.join(URL(location))
+        except ValueError:
+            target = None
+        if not location or target is None or target.scheme not in ("http", "https") or not target.host:
+            raise InvalidResponse(f"GET blob {digest}: a redirect without a usable Location")
+        if upstream_origin(target) == upstream_origin(self.base):
+            return BlobStream(await self._request("GET", target), digest, self.min_rate, self.rate_window)
+        return BlobRedirect(str(target))
 
     async def upload_blob(
         self, repo: str, digest: str, data: Body, mount_from: str | None = None,

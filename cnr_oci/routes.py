@@ -12,6 +12,7 @@ from aiohttp import web
 
 from cnr_oci import __version__, appkeys, archive, bodies, errors, mapping, safejson, wire
 from cnr_oci.auth import identity_key
+from cnr_oci.blobredirect import open_for_client
 from cnr_oci.mapping import Package
 from cnr_oci.store import Store
 from cnr_oci.streaming import stream_blob
@@ -217,17 +218,27 @@ async def pull(request: web.Request) -> web.StreamResponse:
     pkg = _package(request)
     read = _store(request).read
     entry = await read.resolve(pkg, request.match_info["release"], _media_type(request))
-    blob = await read.open_blob(pkg, str(entry.layer["digest"]))
-    fields = wire.pull_head(pkg, entry.release, entry.media_type) if _wants_json(request) else None
-    return await stream_blob(request, blob, mapping.filename(pkg, entry.release), fields)
+    if _wants_json(request):  # a JSON pull always streams: the blob goes inside the document
+        fields = wire.pull_head(pkg, entry.release, entry.media_type)
+        return await stream_blob(request, await read.open_blob(pkg, str(entry.layer["digest"])),
+                                 mapping.filename(pkg, entry.release), fields)
+    blob = await open_for_client(request, pkg, str(entry.layer["digest"]))
+    if isinstance(blob, web.Response):
+        return blob
+    return await stream_blob(request, blob, mapping.filename(pkg, entry.release), None)
 
 
 async def blob(request: web.Request) -> web.StreamResponse:
     pkg = _package(request)
     hexdigest = mapping.check_digest(request.match_info["digest"])
-    stream = await _store(request).read.open_blob(pkg, "sha256:" + hexdigest)
-    fields = wire.pull_head(pkg, hexdigest, None) if _wants_json(request) else None
-    return await stream_blob(request, stream, f"{pkg.file_stem}_{hexdigest[:8]}.tar.gz", fields)
+    filename = f"{pkg.file_stem}_{hexdigest[:8]}.tar.gz"
+    if _wants_json(request):
+        stream = await _store(request).read.open_blob(pkg, "sha256:" + hexdigest)
+        return await stream_blob(request, stream, filename, wire.pull_head(pkg, hexdigest, None))
+    found = await open_for_client(request, pkg, "sha256:" + hexdigest)
+    if isinstance(found, web.Response):
+        return found
+    return await stream_blob(request, found, filename, None)
 
 
 # -- E14 to E18: channels ----------------------------------------------------------

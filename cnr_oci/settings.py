@@ -44,6 +44,8 @@ class Settings:
     insecure_open: bool = False
     # ChartMuseum's --disable-force-overwrite: its upload API ignores ?force (409 on an existing version).
     disable_force_overwrite: bool = False
+    # Hand the client the registry's redirect to storage for blob downloads (README "Blob redirects").
+    blob_redirect: bool = False
     # The HTTP edge (cnr_oci/server.py and bodies.py explain the numbers).
     max_connections: int = 1000
     header_timeout: float = 10.0

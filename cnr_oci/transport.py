@@ -115,10 +115,13 @@ class Transport:
         data: Body | None = None,
         what: str = "",
         authenticate: bool = True,
+        redirects: bool = True,
     ) -> aiohttp.ClientResponse:
-        """An open response with an expected status; the caller releases it (see ``_call``)."""
+        """An open response with an expected status; the caller releases it (see ``_call``).
+        ``redirects=False``: a redirect is answered as it came (expect its status)."""
         return await self._call(method, path_or_url, _keep_open, expect=expect, headers=headers,
-                                params=params, data=data, what=what, authenticate=authenticate)
+                                params=params, data=data, what=what, authenticate=authenticate,
+                                redirects=redirects)
 
     async def _call(
         self,
@@ -133,6 +136,7 @@ class Transport:
         what: str = "",
         authenticate: bool = True,
         body_limit: int = 0,
+        redirects: bool = True,
     ) -> T:
         """The single choke point: authenticates as the caller, retries idempotent requests
         on 429/502/503/504, connection errors and broken answers, and translates errors.
@@ -153,7 +157,7 @@ class Transport:
         try:
             async with timer:
                 return await self._attempts(method, url, reader, expect, headers, params, data, what,
-                                            authenticate, body_limit, timer)
+                                            authenticate, body_limit, timer, redirects)
         except TimeoutError as exc:
             if timer.expired():
                 raise RegistryUnavailable(f"{what}: no answer within {deadline:g} s") from exc
@@ -163,12 +167,13 @@ class Transport:
         self, method: str, url: URL, reader: Callable[[aiohttp.ClientResponse], Awaitable[T]],
         expect: tuple[int, ...], headers: Mapping[str, str] | None, params: Mapping[str, str] | None,
         data: Body | None, what: str, authenticate: bool, body_limit: int, timer: asyncio.Timeout,
+        redirects: bool = True,
     ) -> T:
         attempts = self._retries + 1 if method in IDEMPOTENT else 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
-                resp = await self._send(method, url, headers, params, data, what, authenticate)
+                resp = await self._send(method, url, headers, params, data, what, authenticate, redirects)
                 if resp.status in expect:
                     length = resp.headers.get("Content-Length", "")
                     when = timer.when()
@@ -200,6 +205,7 @@ class Transport:
     async def _send(
         self, method: str, url: URL, headers: Mapping[str, str] | None,
         params: Mapping[str, str] | None, data: Body | None, what: str, authenticate: bool = True,
+        redirects: bool = True,
     ) -> aiohttp.ClientResponse:
         """Send as the request's identity; answer one 401 challenge, then give up.
 
@@ -211,7 +217,8 @@ class Transport:
             log.info("%s: %s is not the registry's origin; sending no credentials", what, url.origin())
             authenticate = False
         if not authenticate:
-            resp = await self._session.request(method, url, headers=headers, params=params, data=body)
+            resp = await self._session.request(method, url, headers=headers, params=params, data=body,
+                                               allow_redirects=redirects)
             self.metrics.upstream.labels(method, str(resp.status)).inc()
             return resp
         ident = IDENTITY.get()
@@ -223,7 +230,8 @@ class Transport:
                 sent["Authorization"] = auth
             if attempt:
                 body = _payload(data)
-            resp = await self._session.request(method, url, headers=sent, params=params, data=body)
+            resp = await self._session.request(method, url, headers=sent, params=params, data=body,
+                                               allow_redirects=redirects)
             self.metrics.upstream.labels(method, str(resp.status)).inc()
             if resp.status != 401:
                 return resp

@@ -17,8 +17,8 @@ LAYERS: list[tuple[str, list[str]]] = [
                   "cnrsource"]),
     ("storage", ["entries", "releaselist", "blobcache", "readmodel", "release", "writepath", "channels", "catalog",
                  "helmrepo", "store", "migratereport", "migrate", "invalidation"]),
-    ("http", ["translate", "wire", "appkeys", "streaming", "bodies", "logsafe", "server", "middleware", "ops",
-              "routes", "helmroutes", "cmapi"]),
+    ("http", ["translate", "wire", "appkeys", "streaming", "blobredirect", "bodies", "logsafe", "server",
+              "middleware", "ops", "routes", "helmroutes", "cmapi"]),
     ("process", ["app", "workers", "migratecli", "cli", "__main__", "__init__"]),
 ]
 RANK = {m: (i, j) for i, (_, mods) in enumerate(LAYERS) for j, m in enumerate(mods)}
