@@ -42,12 +42,9 @@ def _keep(cache: LRUCache[str, Any], key: str, value: Any) -> None:
 
 
 class ReadModel:
-    """Tags, manifests, release contents and blobs of packages, as the calling identity sees them.
-
-    Tag lists and tag digests live ``cache_ttl`` seconds per identity; manifests and configs, which
-    are immutable by digest, live in LRUs weighed by bytes. Only the leaf registry calls take a
-    fan-out slot: a slot held while waiting for another slot deadlocks once the width is reached.
-    """
+    """Tags, manifests, release contents and blobs of packages, as the calling identity sees them. Tag
+    lists and digests live ``cache_ttl`` s per identity; manifests and configs (immutable) in LRUs by
+    bytes. Only leaf registry calls take a fan-out slot (a slot held while waiting for one deadlocks)."""
 
     def __init__(self, client: oci.OciClient, prefix: str = "", *, cache_ttl: float = 2.0,
                  fanout: int | None = None, blob_cache_size: int = blobcache.DEFAULT_SIZE,
@@ -69,6 +66,8 @@ class ReadModel:
         self._old_digests: TTLCache[tuple[str, str], tuple[Any, dict[str, str]]] = TTLCache(TTL_ENTRIES, ttl)
         self._fanout = asyncio.Semaphore(fanout or DEFAULT_FANOUT)
         self._inflight: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
+        # Writes counted, and the count at each repository's last write: a read begun before it is not kept.
+        self._writes, self._written = 0, LRUCache[str, int](TTL_ENTRIES)
         # Run before a release listing: the write path settles tag writes of unknown outcome there.
         self.before_listing: Callable[[str], Awaitable[None]] | None = None
         # Small blobs by digest, served where the registry let the caller read them within the TTL.
@@ -101,6 +100,8 @@ class ReadModel:
                 self._tag_digest.pop(dkey, None)
         for running in [k for k in self._inflight if k[2:3] == (repo,)]:  # later reads start afresh
             self._inflight.pop(running, None)
+        self._writes += 1  # and reads already under way do not keep what they get
+        self._written[repo] = self._writes
         for hook in self.on_forget:
             hook(repo, tag)
 
@@ -112,11 +113,13 @@ class ReadModel:
         return tags
 
     async def _fetch_tags(self, key: tuple[str, str]) -> list[str]:
+        start = self._writes
         try:
             tags = await self.bounded(self.client.tags(key[1]))
         except upstream.NotFound:
             tags = []
-        self._tags[key] = tags
+        if self._written.get(key[1], -1) <= start:  # no write to the repository since the GET began
+            self._tags[key] = tags
         return tags
 
     async def manifest(self, repo: str, ref: str, fresh: bool = False) -> Manifest | None:
@@ -134,12 +137,13 @@ class ReadModel:
                                lambda: self._fetch_manifest(repo, ref, digest))
 
     async def _fetch_manifest(self, repo: str, ref: str, digest: str | None) -> Manifest | None:
+        start = self._writes
         try:
             m = await self.bounded(self.client.get_manifest(repo, digest or ref))
         except upstream.NotFound:
             return None
         _keep(self._manifests, m.digest, m)
-        if not ref.startswith("sha256:"):
+        if not ref.startswith("sha256:") and self._written.get(repo, -1) <= start:
             self._tag_digest[(identity_key(), repo, ref)] = m.digest
         return m
 

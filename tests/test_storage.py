@@ -174,3 +174,37 @@ async def test_optional_fields_may_be_null_as_appr_and_cnr_send_them(client, reg
     resp = await client.post(f"{API}/{repo}", json={**body(blob, "1.0.0", "kpm"), **nulls})
     assert resp.status == 200, await resp.text()
     assert await (await client.get(f"{API}/{repo}/1.0.0/kpm/pull")).read() == blob
+
+
+async def test_a_tag_list_or_tag_read_in_flight_when_a_write_lands_is_not_kept(client):
+    """A read that began before our own write may carry the old state: it answers its caller, but the
+    next read asks the registry again instead of serving it for --cache-ttl."""
+    import asyncio
+
+    from cnr_oci import appkeys
+
+    read = client.app[appkeys.STORE].read
+    ns, name = helpers.unique()
+    repo = f"{ns}/{name}"
+    assert (await client.post(f"/cnr/api/v1/packages/{repo}", json=helpers.body(helpers.kpm(), "1.0.0"))).status == 200
+    read.forget(repo, "1.0.0")
+    calls = {"tags": 0, "get_manifest": 0}
+    gate = asyncio.Event()
+    for method in calls:
+        real = getattr(read.client, method)
+
+        async def slow(*a, _real=real, _name=method, **kw):
+            calls[_name] += 1
+            result = await _real(*a, **kw)
+            await gate.wait()
+            return result
+
+        setattr(read.client, method, slow)
+    reading = asyncio.gather(read.tags(repo), read.manifest(repo, "1.0.0"))
+    await asyncio.sleep(0.2)
+    read.forget(repo, "1.0.0")  # a write lands while both reads wait
+    gate.set()
+    await reading
+    await read.tags(repo)
+    await read.manifest(repo, "1.0.0")
+    assert calls == {"tags": 2, "get_manifest": 2}
