@@ -86,12 +86,23 @@ class Catalog:
         """None when nothing matches or the caller may not read the package."""
         try:
             releases = await self.read.releases(pkg)
-            found = [e for e in await self.read.all_entries(pkg, releases)
-                     if media_type is None or e.media_type == media_type]
+            if media_type is None:
+                return await self._by_default(pkg, releases)
+            found = [e for e in await self.read.all_entries(pkg, releases) if e.media_type == media_type]
         except (errors.PackageNotFound, upstream.Unauthorized, upstream.Denied, upstream.NotFound):
             return None
         if not found:
             return None
         kept = mapping.sort_releases({e.release for e in found})
-        types = [media_type] if media_type else sorted({e.media_type for e in found if e.release == kept[0]})
-        return Summary(pkg, kept, types, sorted(c for e in found if (c := e.created)))
+        return Summary(pkg, kept, [media_type], sorted(c for e in found if (c := e.created)))
+
+    async def _by_default(self, pkg: Package, releases: list[str]) -> Summary | None:
+        """Unfiltered, a summary costs the tag list and the manifest of the highest release holding a
+        package (2 requests when it is one manifest): the releases below it are listed as tagged, and
+        the dates are that release's. Reading every release would cost one request per release."""
+        for i, release in enumerate(releases):
+            found = await self.read.entries(pkg, release)
+            if found:
+                created = sorted(c for e in found if (c := e.created))
+                return Summary(pkg, releases[i:], sorted({e.media_type for e in found}), created)
+        return None
