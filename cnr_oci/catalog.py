@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from cachetools import TTLCache
@@ -67,6 +70,16 @@ class Catalog:
     async def summaries(self, namespace: str | None = None, query: str | None = None,
                         media_type: str | None = None) -> list[Summary]:
         """E5: every package with a matching release, name ascending."""
+        return [s async for s in self.iter_summaries(namespace, query, media_type)]
+
+    async def iter_summaries(self, namespace: str | None = None, query: str | None = None,
+                             media_type: str | None = None) -> AsyncGenerator[Summary, None]:
+        """E5, name ascending, each summary as soon as it and those before it are known.
+
+        Every missing summary is computed at once (fan-out bounded at the registry calls), and kept
+        when done even if the caller stopped early (a limit, a client gone): the work is bounded by
+        the catalog, as a full listing's is, and the next listing finds it cached.
+        """
         pkgs = [
             p for p in await self.packages()
             if (not namespace or p.namespace == namespace) and (not query or query.lower() in p.full)
@@ -76,11 +89,20 @@ class Catalog:
         # Cached summaries are taken as they are; only the others cost a task each (a warm listing
         # of a thousand packages would otherwise start a thousand tasks to read a dict).
         found = [self._summaries.get(k, _MISSING) for k in keys]
-        missing = [i for i, s in enumerate(found) if s is _MISSING]
-        computed = await self.read.gather(self._compute(pkgs[i], media_type) for i in missing)
-        for i, summary in zip(missing, computed, strict=True):
-            self._summaries[keys[i]] = found[i] = summary
-        return [s for s in found if isinstance(s, Summary)]
+        tasks = {}
+        for i, summary in enumerate(found):
+            if summary is _MISSING:
+                tasks[i] = asyncio.ensure_future(self._compute(pkgs[i], media_type))
+                tasks[i].add_done_callback(functools.partial(self._keep, keys[i]))
+        for i in range(len(keys)):
+            summary = await tasks[i] if i in tasks else found[i]
+            if isinstance(summary, Summary):
+                yield summary
+
+    def _keep(self, key: tuple[str, str, str], task: asyncio.Future[Summary | None]) -> None:
+        """A computed summary into the cache; a failure is retrieved (so never logged as lost) and not kept."""
+        if not task.cancelled() and task.exception() is None:
+            self._summaries[key] = task.result()
 
     async def _compute(self, pkg: Package, media_type: str | None) -> Summary | None:
         """None when nothing matches or the caller may not read the package."""

@@ -55,3 +55,26 @@ async def test_listing_skips_a_highest_release_that_holds_no_package(client, reg
     listed = await (await client.get(API, params={"namespace": pkg.split("/")[0]})).json()
     assert [(p["name"], p["default"], p["releases"], p["manifests"]) for p in listed] == [
         (pkg, "1.0.0", ["1.0.0"], ["kpm"])]
+
+
+async def test_listing_streams_and_a_limit_stops_the_reads(make_client, own_registry):
+    """E5 goes out chunked (no Content-Length: the first byte does not wait for the last package),
+    and limit/offset take a window of it."""
+    settings = Settings(upstream=own_registry.url, max_body_size=4 * 1024 * 1024)
+    writer = await make_client(settings)
+    ns = unique()[0]
+    for i in range(6):
+        assert (await writer.post(f"{API}/{ns}/p{i}", json=body(kpm(), release="1.0.0"))).status == 200
+    reader = await make_client(dataclasses.replace(settings))
+    resp = await reader.get(API)
+    assert resp.status == 200 and resp.headers.get("Transfer-Encoding") == "chunked"
+    assert "Content-Length" not in resp.headers and resp.content_type == "application/json"
+    assert [p["name"] for p in await resp.json()] == [f"{ns}/p{i}" for i in range(6)]
+    reader = await make_client(dataclasses.replace(settings))
+    before = upstream_requests(await (await reader.get("/metrics")).text())
+    page = await (await reader.get(API, params={"offset": "1", "limit": "2"})).json()
+    assert [p["name"] for p in page] == [f"{ns}/p1", f"{ns}/p2"]
+    # The catalog and at most 2 requests a package: the packages past the window are read once, and kept.
+    assert upstream_requests(await (await reader.get("/metrics")).text()) - before <= 1 + 2 * 6
+    assert await (await reader.get(API, params={"limit": "0"})).json() == []
+    assert (await reader.get(API, params={"limit": "x"})).status == 422
