@@ -15,6 +15,9 @@ from cnr_oci.mapping import Package
 from cnr_oci.readmodel import TTL_ENTRIES, ReadModel
 
 _MISSING = object()
+# Packages of one listing read at once, in name order: the first ones finish first (the stream's first
+# byte does not wait behind every package's first request), and the fan-out stays full.
+PACKAGES_IN_FLIGHT = 32
 
 
 @dataclass(frozen=True)
@@ -89,10 +92,10 @@ class Catalog:
         # Cached summaries are taken as they are; only the others cost a task each (a warm listing
         # of a thousand packages would otherwise start a thousand tasks to read a dict).
         found = [self._summaries.get(k, _MISSING) for k in keys]
-        tasks = {}
+        tasks, window = {}, asyncio.Semaphore(PACKAGES_IN_FLIGHT)
         for i, summary in enumerate(found):
             if summary is _MISSING:
-                tasks[i] = asyncio.ensure_future(self._compute(pkgs[i], media_type))
+                tasks[i] = asyncio.ensure_future(self._windowed(window, pkgs[i], media_type))
                 tasks[i].add_done_callback(functools.partial(self._keep, keys[i]))
         for i in range(len(keys)):
             summary = await tasks[i] if i in tasks else found[i]
@@ -103,6 +106,10 @@ class Catalog:
         """A computed summary into the cache; a failure is retrieved (so never logged as lost) and not kept."""
         if not task.cancelled() and task.exception() is None:
             self._summaries[key] = task.result()
+
+    async def _windowed(self, window: asyncio.Semaphore, pkg: Package, media_type: str | None) -> Summary | None:
+        async with window:
+            return await self._compute(pkg, media_type)
 
     async def _compute(self, pkg: Package, media_type: str | None) -> Summary | None:
         """None when nothing matches or the caller may not read the package."""
