@@ -167,7 +167,8 @@ async def push_rows(args: argparse.Namespace, s: aiohttp.ClientSession, direct: 
 
 async def listing(args: argparse.Namespace, registry: EmbeddedRegistry) -> dict[str, Any]:
     """E5 of args.packages packages: each round a fresh cnr-oci (cold), then 5 warm lists."""
-    cold, first_byte, warm, cost, rss = [], [], [], [], []
+    cold, first_byte, warm, cost, rss, cpu = [], [], [], [], [], []
+    reg_pid = registry.proc.pid if registry.proc else None
     for _ in range(args.rounds):
         server, url = start_cnr_oci(registry.url)
         try:
@@ -175,12 +176,14 @@ async def listing(args: argparse.Namespace, registry: EmbeddedRegistry) -> dict[
                 cnr = Cnr(s, url)
                 before = await cnr.upstream_requests(url)
                 rss_before = rss_mib(server.pid)
+                cpu0 = (cpu_seconds(server.pid), cpu_seconds(reg_pid) if reg_pid else 0.0)
                 t = time.perf_counter()
                 async with s.get(cnr.api + "?namespace=list") as r:
                     body = await r.content.readany()
                     first_byte.append(time.perf_counter() - t)
                     body += await r.content.read()
                 cold.append(time.perf_counter() - t)
+                cpu.append((cpu_seconds(server.pid) - cpu0[0], (cpu_seconds(reg_pid) if reg_pid else 0.0) - cpu0[1]))
                 assert r.status == 200 and body.count(b'"name"') == args.packages, (r.status, body[:200])
                 cost.append(await cnr.upstream_requests(url) - before)
                 for _ in range(5):
@@ -194,7 +197,9 @@ async def listing(args: argparse.Namespace, registry: EmbeddedRegistry) -> dict[
     ms = lambda xs: round(statistics.median(xs) * 1000, 1)  # noqa: E731
     return {"packages": args.packages, "cold_ms": ms(cold), "cold_rounds_ms": [round(x * 1000) for x in cold],
             "cold_first_byte_ms": ms(first_byte), "warm_p50_ms": ms(warm),
-            "upstream_requests_cold": statistics.median(cost), "rss_MiB": rss[-1]}
+            "upstream_requests_cold": statistics.median(cost), "rss_MiB": rss[-1],
+            "cold_cpu_s_cnr_oci": round(statistics.median(c[0] for c in cpu), 2),
+            "cold_cpu_s_registry": round(statistics.median(c[1] for c in cpu), 2)}
 
 
 def blobs_row(quick: bool) -> dict[str, Any] | None:
@@ -286,7 +291,8 @@ def report(command: str, load: tuple[float, ...], r: dict[str, Any]) -> str:
     lines += [table(rows), "",
               f"E5 list of {lst['packages']} packages (median of {len(lst['cold_rounds_ms'])} fresh processes): "
               f"cold {lst['cold_ms']} ms {lst['cold_rounds_ms']}, first byte {lst['cold_first_byte_ms']} ms, "
-              f"{lst['upstream_requests_cold']:.0f} upstream requests; warm p50 {lst['warm_p50_ms']} ms; "
+              f"{lst['upstream_requests_cold']:.0f} upstream requests, CPU s cnr-oci {lst['cold_cpu_s_cnr_oci']}, "
+              f"registry {lst['cold_cpu_s_registry']}; warm p50 {lst['warm_p50_ms']} ms; "
               f"RSS {lst['rss_MiB'][0]} -> {lst['rss_MiB'][1]} MiB",
               "CPU of cnr-oci per pull: " + ", ".join(f"{k}: {v}" + ("" if "errors" in k else " ms")
                                                       for k, v in r["CPU ms per pull"].items()), ""]
