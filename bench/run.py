@@ -13,193 +13,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import gzip
-import hashlib
-import io
 import json
 import os
 import shlex
-import subprocess
 import sys
-import tarfile
 import tempfile
-import threading
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import machine, table, wait_http
-from cnr_oci.embedded import EmbeddedRegistry, free_port
-
-MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-ACCEPT = MANIFEST + ", application/vnd.oci.image.index.v1+json"
-MiB = 1024 * 1024
-
-
-# -- measuring -------------------------------------------------------------------------
-
-
-class RssSampler:
-    """Samples a process's RSS every 5 ms in a thread; reports the peak of a window."""
-
-    def __init__(self, pid: int) -> None:
-        self.proc = psutil.Process(pid)
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.005)
-
-    def window(self) -> int:
-        """Start a window: returns the RSS now and resets the peak."""
-        now = self.proc.memory_info().rss
-        self.peak = now
-        return now
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))] if s else float("nan")
-
-
-async def run_load(n: int, concurrency: int, op: Callable[[int], Awaitable[int]]) -> dict[str, Any]:
-    """n calls of op with `concurrency` workers; op returns bytes moved."""
-    latencies: list[float] = []
-    errors = 0
-    moved = 0
-    counter = iter(range(n))
-
-    async def worker() -> None:
-        nonlocal errors, moved
-        for i in counter:
-            t = time.perf_counter()
-            try:
-                moved += await op(i)
-            except Exception:  # counted, and reported
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - t)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - start
-    return {
-        "n": n, "concurrency": concurrency, "errors": errors, "seconds": round(wall, 3),
-        "ops_per_s": round(len(latencies) / wall, 1),
-        "p50_ms": round(pct(latencies, 50) * 1000, 2), "p99_ms": round(pct(latencies, 99) * 1000, 2),
-        "MB_per_s": round(moved / wall / 1e6, 1),
-    }
-
-
-# -- content ---------------------------------------------------------------------------
-
-
-def chart(name: str, payload: int = 0) -> bytes:
-    files = {f"{name}/Chart.yaml": f"apiVersion: v2\nname: {name}\nversion: 0.1.0\n".encode(),
-             f"{name}/values.yaml": b"replicas: 1\n"}
-    if payload:
-        files[f"{name}/files/data.bin"] = os.urandom(payload)  # incompressible: the .tgz is ~payload
-    buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
-        for path, data in files.items():
-            info = tarfile.TarInfo(path)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-class Direct:
-    """The registry itself, through the same kind of client."""
-
-    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
-        self.s = session
-        self.url = url
-
-    async def put_blob(self, repo: str, data: bytes) -> str:
-        digest = sha(data)
-        async with self.s.head(f"{self.url}/v2/{repo}/blobs/{digest}") as r:
-            if r.status == 200:
-                return digest
-        async with self.s.post(f"{self.url}/v2/{repo}/blobs/uploads/") as r:
-            loc = r.headers["Location"]
-        sep = "&" if "?" in loc else "?"
-        async with self.s.put(f"{loc}{sep}digest={digest}", data=io.BytesIO(data),
-                              headers={"Content-Type": "application/octet-stream"}) as r:
-            assert r.status == 201, r.status
-        return digest
-
-    async def push(self, repo: str, tag: str, blob: bytes, config: bytes) -> int:
-        layer = await self.put_blob(repo, blob)
-        cfg = await self.put_blob(repo, config)
-        doc = {"schemaVersion": 2, "mediaType": MANIFEST,
-               "config": {"mediaType": "application/vnd.cncf.helm.config.v1+json", "digest": cfg, "size": len(config)},
-               "layers": [{"mediaType": "application/vnd.cncf.helm.chart.content.v1.tar+gzip", "digest": layer,
-                           "size": len(blob)}]}
-        async with self.s.put(f"{self.url}/v2/{repo}/manifests/{tag}", data=json.dumps(doc).encode(),
-                              headers={"Content-Type": MANIFEST}) as r:
-            assert r.status == 201, r.status
-        return len(blob)
-
-    async def pull(self, repo: str, tag: str) -> int:
-        async with self.s.get(f"{self.url}/v2/{repo}/tags/list") as r:
-            assert tag in (await r.json())["tags"]
-        async with self.s.get(f"{self.url}/v2/{repo}/manifests/{tag}", headers={"Accept": ACCEPT}) as r:
-            doc = await r.json(content_type=None)
-        return await self.blob(repo, doc["layers"][0]["digest"])
-
-    async def blob(self, repo: str, digest: str) -> int:
-        n = 0
-        async with self.s.get(f"{self.url}/v2/{repo}/blobs/{digest}") as r:
-            assert r.status == 200, r.status
-            async for chunk in r.content.iter_chunked(MiB):
-                n += len(chunk)
-        return n
-
-
-class Cnr:
-    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
-        self.s = session
-        self.api = url + "/cnr/api/v1/packages"
-
-    async def push(self, repo: str, release: str, blob: bytes, media_type: str = "helm") -> int:
-        body = json.dumps({"release": release, "media_type": media_type, "blob": base64.b64encode(blob).decode()})
-        async with self.s.post(f"{self.api}/{repo}", data=io.BytesIO(body.encode()),
-                               headers={"Content-Type": "application/json"}) as r:
-            assert r.status == 200, (r.status, await r.text())
-        return len(blob)
-
-    async def get(self, path: str) -> int:
-        n = 0
-        async with self.s.get(self.api + path) as r:
-            assert r.status == 200, r.status
-            async for chunk in r.content.iter_chunked(MiB):
-                n += len(chunk)
-        return n
-
-    async def upstream_requests(self, base: str) -> float:
-        async with self.s.get(base + "/metrics") as r:
-            text = await r.text()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("cnr_oci_upstream_requests_total{"))
-
+from bench.common import Cnr, Direct, MiB, RssSampler, chart, machine, pct, run_load, sha, start_cnr_oci, table
+from cnr_oci.embedded import EmbeddedRegistry
 
 # -- the run ---------------------------------------------------------------------------
 
@@ -317,14 +144,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cnr-oci-bench-") as tmp:
         registry = EmbeddedRegistry(Path(tmp) / "registry", log_path=str(Path(tmp) / "registry.log"))
         registry.start()
-        port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "cnr_oci", "serve", "--port", str(port), "--upstream", registry.url,
-             "--log-level", "warning", "--token-secret", "bench-secret-not-for-production", "--max-body-size", "16MiB"],
-            cwd=str(Path(__file__).resolve().parent.parent))
-        url = f"http://127.0.0.1:{port}"
+        server, url = start_cnr_oci(registry.url)
         try:
-            wait_http(url + "/healthz")
             results = asyncio.run(bench(args, registry, url, server.pid))
         finally:
             server.terminate()

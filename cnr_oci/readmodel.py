@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from cachetools import LRUCache, TTLCache
@@ -34,6 +35,17 @@ OFF_LOOP = 64 * 1024
 def _weight(raw_size: int) -> int:
     """An entry's weight in a byte-bounded LRU: its raw size, but at least 1/CACHE_ENTRIES of the cache."""
     return max(raw_size, CACHE_BYTES // CACHE_ENTRIES)
+
+
+@contextlib.asynccontextmanager
+async def _closing(aw: Awaitable[Any]) -> AsyncIterator[None]:
+    """Closes a coroutine that was never started (its task stopped while waiting for a fan-out
+    slot), so it is not reported as never awaited; a finished one is left as it is."""
+    try:
+        yield
+    finally:
+        if inspect.iscoroutine(aw):
+            aw.close()
 
 
 def _keep(cache: LRUCache[str, Any], key: str, value: Any) -> None:
@@ -80,7 +92,7 @@ class ReadModel:
 
     async def bounded(self, aw: Awaitable[T]) -> T:
         """A leaf registry call, counted against the fan-out width."""
-        async with self._fanout:
+        async with _closing(aw), self._fanout:
             return await aw
 
     @staticmethod

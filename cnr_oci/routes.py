@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -19,6 +21,7 @@ from cnr_oci.streaming import stream_blob
 
 APPR_API_VERSION = "0.7.4"
 CNR_API_VERSION = "0.2.0"
+T = TypeVar("T")
 
 
 def _store(request: web.Request) -> Store:
@@ -108,8 +111,8 @@ async def login(request: web.Request) -> web.Response:
 # -- E5, E6 -----------------------------------------------------------------------
 
 
-def _paging(request: web.Request, items: list[Any]) -> list[Any]:
-    """Opt-in limit/offset; no CNR client sends them."""
+def _page(request: web.Request) -> tuple[int, int | None]:
+    """Opt-in offset and limit; no CNR client sends them."""
     q = request.query
     try:
         offset = int(q.get("offset", "0"))
@@ -118,15 +121,49 @@ def _paging(request: web.Request, items: list[Any]) -> list[Any]:
         raise errors.InvalidParameters("limit and offset must be integers") from exc
     if offset < 0 or (limit is not None and limit < 0):
         raise errors.InvalidParameters("limit and offset must not be negative")
-    return items[offset : None if limit is None else offset + limit]
+    return offset, limit
 
 
-async def list_packages(request: web.Request) -> web.Response:
-    q = request.query
-    found = await _store(request).catalog.summaries(
+async def list_packages(request: web.Request) -> web.StreamResponse:
+    """E5, streamed in name order as summaries are known: the first byte does not wait for the last
+    package. A failure before the first summary is a CNR error; after it, the connection is cut."""
+    q, (offset, limit) = request.query, _page(request)
+    found = _store(request).catalog.iter_summaries(
         namespace=q.get("namespace") or None, query=q.get("query") or None, media_type=_query_media_type(request)
     )
-    return await _documents([wire.package_summary(s) for s in _paging(request, found)])
+    page = _window(found, offset, limit)
+    try:
+        item = await anext(page, None)
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        request[appkeys.STREAMING] = True
+        await resp.prepare(request)
+        head, parts, flushed = b"[", list[bytes](), time.monotonic()
+        while item is not None:
+            parts.append(json.dumps(wire.package_summary(item)).encode())
+            item = await anext(page, None)
+            # The first summary at once, then a write every 256 summaries or 50 ms: a warm listing
+            # goes out in a few writes.
+            if item is not None and (head == b"[" or len(parts) >= 256 or time.monotonic() - flushed > 0.05):
+                await resp.write(head + b", ".join(parts))
+                head, parts, flushed = b", ", [], time.monotonic()
+        await resp.write(head + b", ".join(parts) + b"]")
+        await resp.write_eof()
+        return resp
+    finally:
+        await found.aclose()
+
+
+async def _window(items: AsyncIterator[T], offset: int, limit: int | None) -> AsyncIterator[T]:
+    """items[offset:offset + limit], without reading past the end of the window."""
+    if limit == 0:
+        return
+    i = 0
+    async for item in items:
+        if i >= offset:
+            yield item
+            if limit is not None and i + 1 >= offset + limit:
+                return
+        i += 1
 
 
 async def search(request: web.Request) -> web.Response:
