@@ -1,0 +1,318 @@
+#!/usr/bin/env python3
+"""Large blobs: E13 GET of a 50 MiB blob through cnr-oci against the proxies one could put instead.
+
+One run starts a docker-registry, two nginx reverse proxies in front of it (Debian's nginx-light,
+`proxy_buffering off` alone, and tuned: `proxy_buffer_size 1m` etc., see bench/common.py), a bare
+aiohttp pass-through (no hashing, and with sha256) and cnr-oci, pushes a 50 MiB and a 200 MiB blob,
+and GETs the 50 MiB one through each, the targets interleaved round by round. Figures are the
+median of the rounds; the ratio is to the tuned nginx of the same run. Then cnr-oci streams the
+200 MiB blob while its RSS is sampled. Loopback only; one client, one request at a time.
+
+    python bench/blobs.py             # or: make bench-blobs
+    python bench/blobs.py --quick     # fewer rounds, for a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import http.client
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import machine, nginx_proxy, table, wait_http
+from bench.run import RssSampler
+from cnr_oci.embedded import EmbeddedRegistry, free_port
+
+MiB = 1024 * 1024
+REPO = "bigblobs/blob"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- a bare aiohttp pass-through, the reference for "what aiohttp can do" -------------------------
+
+
+def passthrough(port: int, upstream: str, hashing: bool) -> None:
+    """GET /anything is fetched from upstream and streamed back; with ``hashing``, sha256 on the loop."""
+    import aiohttp
+    from aiohttp import web
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        session: aiohttp.ClientSession = request.app["session"]
+        async with session.get(upstream + request.path_qs) as up:
+            resp = web.StreamResponse(status=up.status)
+            if up.content_length is not None:
+                resp.content_length = up.content_length
+            await resp.prepare(request)
+            h = hashlib.sha256()
+            async for chunk in up.content.iter_chunked(1024 * 1024):
+                if hashing:
+                    h.update(chunk)
+                await resp.write(chunk)
+            await resp.write_eof()
+            return resp
+
+    async def session_ctx(app: web.Application) -> Any:
+        app["session"] = aiohttp.ClientSession(auto_decompress=False, read_bufsize=4 * MiB)
+        yield
+        await app["session"].close()
+
+    app = web.Application()
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_get("/{tail:.*}", handler)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+# -- the client: blocking, one keep-alive connection, read into one buffer (cheap on CPU) ----------
+
+
+class Getter:
+    def __init__(self, url: str) -> None:
+        self.host, port = url.removeprefix("http://").split(":")
+        self.port = int(port)
+        self.conn: http.client.HTTPConnection | None = None
+        self.buf = memoryview(bytearray(MiB))
+
+    def get(self, path: str, check: str | None = None) -> int:
+        """GET path, read the body whole; returns its size (and checks its sha256 when asked)."""
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+        self.conn.request("GET", path)
+        resp = self.conn.getresponse()
+        if resp.status != 200:
+            raise RuntimeError(f"GET {path}: {resp.status} {resp.read()[:200]!r}")
+        h = hashlib.sha256() if check else None
+        n = 0
+        while True:
+            got = resp.readinto(self.buf)
+            if not got:
+                break
+            n += got
+            if h is not None:
+                h.update(self.buf[:got])
+        if resp.will_close:
+            self.conn.close()
+            self.conn = None
+        if h is not None and "sha256:" + h.hexdigest() != check:
+            raise RuntimeError(f"GET {path}: other bytes")
+        return n
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+class AioGetter:
+    """The client of bench/run.py and of the issue's figures: aiohttp, reading 1 MiB chunks."""
+
+    def __init__(self, url: str) -> None:
+        import aiohttp
+
+        self.url = url
+        self.loop = asyncio.new_event_loop()
+
+        async def make() -> aiohttp.ClientSession:
+            return aiohttp.ClientSession(auto_decompress=False)
+
+        self.session = self.loop.run_until_complete(make())
+
+    def get(self, path: str, check: str | None = None) -> int:
+        async def fetch() -> int:
+            h = hashlib.sha256() if check else None
+            n = 0
+            async with self.session.get(self.url + path) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"GET {path}: {r.status}")
+                async for chunk in r.content.iter_chunked(MiB):
+                    n += len(chunk)
+                    if h is not None:
+                        h.update(chunk)
+            if h is not None and "sha256:" + h.hexdigest() != check:
+                raise RuntimeError(f"GET {path}: other bytes")
+            return n
+
+        return self.loop.run_until_complete(fetch())
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.session.close())
+        self.loop.close()
+
+
+def put_blob(url: str, repo: str, data: bytes) -> str:
+    """A monolithic upload straight into the registry; returns the digest."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=120)
+    conn.request("POST", f"/v2/{repo}/blobs/uploads/")
+    resp = conn.getresponse()
+    resp.read()
+    loc = resp.headers["Location"]
+    loc = loc[loc.index("/v2/"):] if "/v2/" in loc else loc
+    conn.request("PUT", f"{loc}{'&' if '?' in loc else '?'}digest={digest}", body=data,
+                 headers={"Content-Type": "application/octet-stream"})
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    assert resp.status == 201, resp.status
+    return digest
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children (nginx's worker) so far."""
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        t = p.cpu_times()
+        total += t.user + t.system
+    return total
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 2 GETs, for a smoke run")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; the median is reported (default 5)")
+    parser.add_argument("--gets", type=int, default=4, help="GETs of the blob per target per round (default 4)")
+    parser.add_argument("--size", type=int, default=50, help="blob size in MiB (default 50)")
+    parser.add_argument("--only", default="", help="comma-separated target names to run (tuned nginx always runs)")
+    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "blobs.json"))
+    parser.add_argument("--passthrough", nargs=3, metavar=("PORT", "UPSTREAM", "HASH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.passthrough:
+        passthrough(int(args.passthrough[0]), args.passthrough[1], args.passthrough[2] == "1")
+        return 0
+    if args.quick:
+        args.rounds, args.gets = 3, 2
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    load = os.getloadavg()
+
+    with tempfile.TemporaryDirectory(prefix="cnr-oci-blobs-") as tmp, ExitStack() as stack:
+        registry = EmbeddedRegistry(Path(tmp) / "registry", log_path=str(Path(tmp) / "registry.log"))
+        registry.start()
+        stack.callback(registry.stop)
+        data = os.urandom(args.size * MiB)
+        digest = put_blob(registry.url, REPO, data)
+        big = os.urandom(200 * MiB)
+        big_digest = put_blob(registry.url, REPO, big)
+        del data, big
+
+        def spawn(cmd: list[str], health: str) -> tuple[str, int]:
+            port = free_port()
+            proc = subprocess.Popen([a.replace("{port}", str(port)) for a in cmd], cwd=str(ROOT))
+
+            def stop() -> None:
+                proc.terminate()
+                proc.wait(30)
+
+            stack.callback(stop)
+            url = f"http://127.0.0.1:{port}"
+            wait_http(url + health)
+            return url, proc.pid
+
+        targets: dict[str, tuple[str, int | None, str]] = {}  # name: (url, pid, path)
+        blob_path = f"/v2/{REPO}/blobs/{digest}"
+        targets["distribution direct"] = (registry.url, registry.proc.pid if registry.proc else None, blob_path)
+        for tuned, name in ((False, "nginx, default unbuffered proxy"), (True, "nginx, tuned")):
+            url, pid = stack.enter_context(nginx_proxy(registry.url, tmp, tuned=tuned))
+            targets[name] = (url, pid, blob_path)
+        for hashing, name in (("0", "bare aiohttp pass-through, no hashing"),
+                              ("1", "bare aiohttp pass-through, sha256")):
+            if not args.only or name in args.only.split(","):
+                url, pid = spawn([sys.executable, "bench/blobs.py", "--passthrough", "{port}", registry.url,
+                                  hashing], "/v2/")
+                targets[name] = (url, pid, blob_path)
+        cnr_url, cnr_pid = spawn(
+            [sys.executable, "-m", "cnr_oci", "serve", "--port", "{port}", "--upstream", registry.url,
+             "--log-level", "warning", "--token-secret", "bench-secret-not-for-production"], "/healthz")
+        e13 = f"/cnr/api/v1/packages/{REPO}/blobs/sha256/{digest.removeprefix('sha256:')}"
+        targets["cnr-oci E13"] = (cnr_url, cnr_pid, e13)
+        if args.only:
+            keep = set(args.only.split(",")) | {"nginx, tuned"}
+            targets = {k: v for k, v in targets.items() if k in keep}
+
+        clients: dict[str, Callable[[str], Any]] = {"aiohttp": AioGetter, "light": Getter}
+        getters = {(c, name): make(url) for c, make in clients.items() for name, (url, _, _) in targets.items()}
+        for (_, name), g in getters.items():  # warm up, and check the bytes once
+            g.get(targets[name][2], check=digest)
+        speeds: dict[tuple[str, str], list[float]] = {key: [] for key in getters}
+        cpu: dict[tuple[str, str], float] = dict.fromkeys(getters, 0.0)
+        moved: dict[tuple[str, str], int] = dict.fromkeys(getters, 0)
+        keys = list(getters)
+        for rnd in range(args.rounds):
+            for key in keys[rnd % len(keys):] + keys[:rnd % len(keys)]:
+                _, pid, path = targets[key[1]]
+                c0 = cpu_seconds(pid) if pid else 0.0
+                t = time.perf_counter()
+                n = sum(getters[key].get(path) for _ in range(args.gets))
+                wall = time.perf_counter() - t
+                cpu[key] += (cpu_seconds(pid) if pid else 0.0) - c0
+                moved[key] += n
+                speeds[key].append(n / wall / 1e6)
+
+        # RSS of cnr-oci while it streams 200 MiB.
+        rss = RssSampler(cnr_pid)
+        light = getters[("light", "cnr-oci E13")]
+        light.get(e13)  # the 50 MiB once more, so the first-use allocations are done
+        before = rss.window()
+        light.get(f"/cnr/api/v1/packages/{REPO}/blobs/sha256/{big_digest.removeprefix('sha256:')}", check=big_digest)
+        peak, after = rss.peak, psutil.Process(cnr_pid).memory_info().rss
+        rss.close()
+        for g in getters.values():
+            g.close()
+
+    results: dict[str, Any] = {}
+    rows = [["", "MB/s, aiohttp client", "x tuned nginx", "MB/s, light client", "x tuned nginx", "CPU-s/GB"]]
+    ref = {c: statistics.median(speeds[(c, "nginx, tuned")]) for c in clients}
+    for name in targets:
+        row: list[Any] = [name]
+        results[name] = {}
+        for c in clients:
+            med = statistics.median(speeds[(c, name)])
+            results[name][c] = {"MB_per_s": round(med), "rounds": [round(x) for x in speeds[(c, name)]],
+                                "ratio": round(med / ref[c], 2)}
+            row += [f"{med:,.0f}", f"{med / ref[c]:.2f}"]
+        cpu_gb = sum(cpu[(c, name)] for c in clients) / (sum(moved[(c, name)] for c in clients) / 1e9)
+        results[name]["cpu_s_per_GB"] = round(cpu_gb, 2) if targets[name][1] else None
+        rows.append([*row, f"{cpu_gb:.2f}" if targets[name][1] else ""])
+    mib: Callable[[int], float] = lambda b: round(b / MiB, 1)  # noqa: E731
+    results["cnr-oci RSS streaming 200 MiB"] = {"before_MiB": mib(before), "peak_MiB": mib(peak),
+                                                "after_MiB": mib(after), "growth_MiB": mib(peak - before)}
+    print(f"# Large blobs: GET of a {args.size} MiB blob, {args.rounds} rounds x {args.gets} GETs\n")
+    print(f"command: {command}\nmachine: {machine()}, load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at start\n")
+    print(table(rows) + "\n")
+    r = results["cnr-oci RSS streaming 200 MiB"]
+    print(f"cnr-oci RSS streaming 200 MiB: {r['before_MiB']} MiB before, peak {r['peak_MiB']} MiB "
+          f"(+{r['growth_MiB']} MiB), {r['after_MiB']} MiB after\n")
+    checks = []
+    if "cnr-oci E13" in results:
+        for c in clients:
+            ratio = results["cnr-oci E13"][c]["ratio"]
+            checks.append((f"E13 {args.size} MiB blob vs tuned nginx, {c} client", ">= 0.65x", f"{ratio}x",
+                           ratio >= 0.65))
+    checks.append(("RSS growth streaming 200 MiB", "< 30 MiB", f"{r['growth_MiB']} MiB", r["growth_MiB"] < 30))
+    rows = [["target", "wanted", "measured", "met"], *[[a, b, c, "yes" if ok else "NO"] for a, b, c, ok in checks]]
+    print(table(rows))
+    doc = {"command": command, "machine": machine(), "results": results}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(doc, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
