@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -35,12 +36,14 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import machine, nginx_proxy, table, wait_http
-from bench.run import RssSampler
 from cnr_oci.embedded import EmbeddedRegistry, free_port
 
 MiB = 1024 * 1024
 REPO = "bigblobs/blob"
 ROOT = Path(__file__).resolve().parent.parent
+SHORT = {"direct": "distribution direct", "nginx-default": "nginx, default unbuffered proxy",
+         "nginx-tuned": "nginx, tuned", "aiohttp": "bare aiohttp pass-through, no hashing",
+         "aiohttp-sha256": "bare aiohttp pass-through, sha256", "cnr-oci": "cnr-oci E13"}
 
 
 # -- a bare aiohttp pass-through, the reference for "what aiohttp can do" -------------------------
@@ -75,6 +78,30 @@ def passthrough(port: int, upstream: str, hashing: bool) -> None:
     app.cleanup_ctx.append(session_ctx)
     app.router.add_get("/{tail:.*}", handler)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+class RssPeak:
+    """Samples a process's RSS every 5 ms in a thread; ``window()`` restarts the peak."""
+
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.005)
+
+    def window(self) -> int:
+        self.peak = now = self.proc.memory_info().rss
+        return now
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 # -- the client: blocking, one keep-alive connection, read into one buffer (cheap on CPU) ----------
@@ -171,6 +198,11 @@ def put_blob(url: str, repo: str, data: bytes) -> str:
     return digest
 
 
+def main_thread_cpu(pid: int) -> float:
+    """User + system CPU of a process's main thread (cnr-oci's event loop) so far."""
+    return next(t.user_time + t.system_time for t in psutil.Process(pid).threads() if t.id == pid)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and its children (nginx's worker) so far."""
     proc = psutil.Process(pid)
@@ -190,8 +222,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="rounds; the median is reported (default 5)")
     parser.add_argument("--gets", type=int, default=4, help="GETs of the blob per target per round (default 4)")
     parser.add_argument("--size", type=int, default=50, help="blob size in MiB (default 50)")
-    parser.add_argument("--only", default="", help="comma-separated target names to run (tuned nginx always runs)")
+    parser.add_argument("--only", default="", help="comma-separated targets to run, of: " + ", ".join(SHORT)
+                        + " (nginx-tuned and cnr-oci always run)")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "blobs.json"))
+    parser.add_argument("--variant", action="append", default=[], metavar="ENV=VALUE",
+                        help="also run a cnr-oci with this environment (for A/B of an experiment)")
     parser.add_argument("--passthrough", nargs=3, metavar=("PORT", "UPSTREAM", "HASH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.passthrough:
@@ -200,6 +235,7 @@ def main() -> int:
     if args.quick:
         args.rounds, args.gets = 3, 2
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    only = {SHORT[k.strip()] for k in args.only.split(",") if k.strip()} | {SHORT["nginx-tuned"], SHORT["cnr-oci"]}
     load = os.getloadavg()
 
     with tempfile.TemporaryDirectory(prefix="cnr-oci-blobs-") as tmp, ExitStack() as stack:
@@ -212,9 +248,10 @@ def main() -> int:
         big_digest = put_blob(registry.url, REPO, big)
         del data, big
 
-        def spawn(cmd: list[str], health: str) -> tuple[str, int]:
+        def spawn(cmd: list[str], health: str, env: dict[str, str] | None = None) -> tuple[str, int]:
             port = free_port()
-            proc = subprocess.Popen([a.replace("{port}", str(port)) for a in cmd], cwd=str(ROOT))
+            proc = subprocess.Popen([a.replace("{port}", str(port)) for a in cmd], cwd=str(ROOT),
+                                    env={**os.environ, **(env or {})})
 
             def stop() -> None:
                 proc.terminate()
@@ -233,18 +270,22 @@ def main() -> int:
             targets[name] = (url, pid, blob_path)
         for hashing, name in (("0", "bare aiohttp pass-through, no hashing"),
                               ("1", "bare aiohttp pass-through, sha256")):
-            if not args.only or name in args.only.split(","):
+            if not args.only or name in only:
                 url, pid = spawn([sys.executable, "bench/blobs.py", "--passthrough", "{port}", registry.url,
                                   hashing], "/v2/")
                 targets[name] = (url, pid, blob_path)
-        cnr_url, cnr_pid = spawn(
-            [sys.executable, "-m", "cnr_oci", "serve", "--port", "{port}", "--upstream", registry.url,
-             "--log-level", "warning", "--token-secret", "bench-secret-not-for-production"], "/healthz")
+        serve = [sys.executable, "-m", "cnr_oci", "serve", "--port", "{port}", "--upstream", registry.url,
+                 "--log-level", "warning", "--token-secret", "bench-secret-not-for-production"]
+        cnr_url, cnr_pid = spawn(serve, "/healthz")
         e13 = f"/cnr/api/v1/packages/{REPO}/blobs/sha256/{digest.removeprefix('sha256:')}"
         targets["cnr-oci E13"] = (cnr_url, cnr_pid, e13)
+        for variant in args.variant:
+            key, _, value = variant.partition("=")
+            url, pid = spawn(serve, "/healthz", {key: value})
+            targets[f"cnr-oci E13 [{variant}]"] = (url, pid, e13)
+            only.add(f"cnr-oci E13 [{variant}]")
         if args.only:
-            keep = set(args.only.split(",")) | {"nginx, tuned"}
-            targets = {k: v for k, v in targets.items() if k in keep}
+            targets = {k: v for k, v in targets.items() if k in only}
 
         clients: dict[str, Callable[[str], Any]] = {"aiohttp": AioGetter, "light": Getter}
         getters = {(c, name): make(url) for c, make in clients.items() for name, (url, _, _) in targets.items()}
@@ -252,21 +293,24 @@ def main() -> int:
             g.get(targets[name][2], check=digest)
         speeds: dict[tuple[str, str], list[float]] = {key: [] for key in getters}
         cpu: dict[tuple[str, str], float] = dict.fromkeys(getters, 0.0)
+        loop_cpu: dict[tuple[str, str], float] = dict.fromkeys(getters, 0.0)
         moved: dict[tuple[str, str], int] = dict.fromkeys(getters, 0)
         keys = list(getters)
         for rnd in range(args.rounds):
             for key in keys[rnd % len(keys):] + keys[:rnd % len(keys)]:
                 _, pid, path = targets[key[1]]
                 c0 = cpu_seconds(pid) if pid else 0.0
+                m0 = main_thread_cpu(pid) if pid else 0.0
                 t = time.perf_counter()
                 n = sum(getters[key].get(path) for _ in range(args.gets))
                 wall = time.perf_counter() - t
                 cpu[key] += (cpu_seconds(pid) if pid else 0.0) - c0
+                loop_cpu[key] += (main_thread_cpu(pid) if pid else 0.0) - m0
                 moved[key] += n
                 speeds[key].append(n / wall / 1e6)
 
         # RSS of cnr-oci while it streams 200 MiB.
-        rss = RssSampler(cnr_pid)
+        rss = RssPeak(cnr_pid)
         light = getters[("light", "cnr-oci E13")]
         light.get(e13)  # the 50 MiB once more, so the first-use allocations are done
         before = rss.window()
@@ -277,7 +321,8 @@ def main() -> int:
             g.close()
 
     results: dict[str, Any] = {}
-    rows = [["", "MB/s, aiohttp client", "x tuned nginx", "MB/s, light client", "x tuned nginx", "CPU-s/GB"]]
+    rows = [["", "MB/s, aiohttp client", "x tuned nginx", "MB/s, light client", "x tuned nginx", "CPU-s/GB",
+             "main thread CPU-s/GB"]]
     ref = {c: statistics.median(speeds[(c, "nginx, tuned")]) for c in clients}
     for name in targets:
         row: list[Any] = [name]
@@ -287,9 +332,12 @@ def main() -> int:
             results[name][c] = {"MB_per_s": round(med), "rounds": [round(x) for x in speeds[(c, name)]],
                                 "ratio": round(med / ref[c], 2)}
             row += [f"{med:,.0f}", f"{med / ref[c]:.2f}"]
-        cpu_gb = sum(cpu[(c, name)] for c in clients) / (sum(moved[(c, name)] for c in clients) / 1e9)
+        gb = sum(moved[(c, name)] for c in clients) / 1e9
+        cpu_gb = sum(cpu[(c, name)] for c in clients) / gb
+        main_gb = sum(loop_cpu[(c, name)] for c in clients) / gb
         results[name]["cpu_s_per_GB"] = round(cpu_gb, 2) if targets[name][1] else None
-        rows.append([*row, f"{cpu_gb:.2f}" if targets[name][1] else ""])
+        results[name]["main_thread_cpu_s_per_GB"] = round(main_gb, 2) if targets[name][1] else None
+        rows.append([*row, *([f"{cpu_gb:.2f}", f"{main_gb:.2f}"] if targets[name][1] else ["", ""])])
     mib: Callable[[int], float] = lambda b: round(b / MiB, 1)  # noqa: E731
     results["cnr-oci RSS streaming 200 MiB"] = {"before_MiB": mib(before), "peak_MiB": mib(peak),
                                                 "after_MiB": mib(after), "growth_MiB": mib(peak - before)}
