@@ -225,8 +225,12 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated targets to run, of: " + ", ".join(SHORT)
                         + " (nginx-tuned and cnr-oci always run)")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "blobs.json"))
-    parser.add_argument("--variant", action="append", default=[], metavar="ENV=VALUE",
+    parser.add_argument("--variant", action="append", default=[], metavar="'ENV=VALUE ...'",
                         help="also run a cnr-oci with this environment (for A/B of an experiment)")
+    parser.add_argument("--baseline", action="append", default=[], metavar="CHECKOUT",
+                        help="also run the cnr-oci of another checkout (e.g. /work/main), for an A/B")
+    parser.add_argument("--perf-stat", action="store_true",
+                        help="count instructions and page faults of each cnr-oci per byte (needs perf)")
     parser.add_argument("--passthrough", nargs=3, metavar=("PORT", "UPSTREAM", "HASH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.passthrough:
@@ -248,9 +252,10 @@ def main() -> int:
         big_digest = put_blob(registry.url, REPO, big)
         del data, big
 
-        def spawn(cmd: list[str], health: str, env: dict[str, str] | None = None) -> tuple[str, int]:
+        def spawn(cmd: list[str], health: str, env: dict[str, str] | None = None,
+                  cwd: Path = ROOT) -> tuple[str, int]:
             port = free_port()
-            proc = subprocess.Popen([a.replace("{port}", str(port)) for a in cmd], cwd=str(ROOT),
+            proc = subprocess.Popen([a.replace("{port}", str(port)) for a in cmd], cwd=str(cwd),
                                     env={**os.environ, **(env or {})})
 
             def stop() -> None:
@@ -279,15 +284,28 @@ def main() -> int:
         cnr_url, cnr_pid = spawn(serve, "/healthz")
         e13 = f"/cnr/api/v1/packages/{REPO}/blobs/sha256/{digest.removeprefix('sha256:')}"
         targets["cnr-oci E13"] = (cnr_url, cnr_pid, e13)
+        for checkout in args.baseline:
+            url, pid = spawn(serve, "/healthz", {"PYTHONPATH": checkout}, cwd=Path(checkout))
+            targets[f"cnr-oci E13 ({checkout})"] = (url, pid, e13)
+            only.add(f"cnr-oci E13 ({checkout})")
         for variant in args.variant:
-            key, _, value = variant.partition("=")
-            url, pid = spawn(serve, "/healthz", {key: value})
+            env = dict(kv.partition("=")[::2] for kv in variant.split())
+            url, pid = spawn(serve, "/healthz", env)
             targets[f"cnr-oci E13 [{variant}]"] = (url, pid, e13)
             only.add(f"cnr-oci E13 [{variant}]")
         if args.only:
             targets = {k: v for k, v in targets.items() if k in only}
 
         clients: dict[str, Callable[[str], Any]] = {"aiohttp": AioGetter, "light": Getter}
+        counters: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        if args.perf_stat:  # instructions and page faults per byte, which a loaded machine does not skew
+            for name, (_, pid, _) in targets.items():
+                if pid and name.startswith("cnr-oci"):
+                    out = Path(tmp) / f"perf-{pid}.txt"
+                    counters[name] = (subprocess.Popen(
+                        ["perf", "stat", "-x", ",", "-e", "instructions,page-faults,context-switches", "-p", str(pid),
+                         "-o", str(out)]), out)
+            time.sleep(0.5)
         getters = {(c, name): make(url) for c, make in clients.items() for name, (url, _, _) in targets.items()}
         for (_, name), g in getters.items():  # warm up, and check the bytes once
             g.get(targets[name][2], check=digest)
@@ -308,6 +326,14 @@ def main() -> int:
                 loop_cpu[key] += (main_thread_cpu(pid) if pid else 0.0) - m0
                 moved[key] += n
                 speeds[key].append(n / wall / 1e6)
+
+        stats: dict[str, dict[str, float]] = {}
+        for name, (proc, out) in counters.items():
+            proc.send_signal(2)
+            proc.wait(10)
+            served = sum(moved[(c, name)] for c in clients) + len(clients) * args.size * MiB  # + the warm-up
+            stats[name] = {line.split(",")[2]: float(line.split(",")[0]) / served
+                           for line in out.read_text().splitlines() if line and line[0].isdigit()}
 
         # RSS of cnr-oci while it streams 200 MiB.
         rss = RssPeak(cnr_pid)
@@ -344,6 +370,10 @@ def main() -> int:
     print(f"# Large blobs: GET of a {args.size} MiB blob, {args.rounds} rounds x {args.gets} GETs\n")
     print(f"command: {command}\nmachine: {machine()}, load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at start\n")
     print(table(rows) + "\n")
+    if stats:
+        print(table([["perf stat, per byte served", *next(iter(stats.values()))],
+                     *[[name, *(f"{v:.4g}" for v in st.values())] for name, st in stats.items()]]) + "\n")
+        results["perf_stat_per_byte"] = stats
     r = results["cnr-oci RSS streaming 200 MiB"]
     print(f"cnr-oci RSS streaming 200 MiB: {r['before_MiB']} MiB before, peak {r['peak_MiB']} MiB "
           f"(+{r['growth_MiB']} MiB), {r['after_MiB']} MiB after\n")
