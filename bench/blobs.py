@@ -6,10 +6,16 @@ One run starts a docker-registry, two nginx reverse proxies in front of it (Debi
 aiohttp pass-through (no hashing, and with sha256) and cnr-oci, pushes a 50 MiB and a 200 MiB blob,
 and GETs the 50 MiB one through each, the targets interleaved round by round. Figures are the
 median of the rounds; the ratio is to the tuned nginx of the same run. Then cnr-oci streams the
-200 MiB blob while its RSS is sampled. Loopback only; one client, one request at a time.
+200 MiB blob while its RSS is sampled. Loopback only; one request at a time.
 
-    python bench/blobs.py             # or: make bench-blobs
-    python bench/blobs.py --quick     # fewer rounds, for a smoke run
+Two clients, each in its own columns: aiohttp reading 1 MiB chunks (the client of bench/run.py
+and of issue 13's figures), and a light one (http.client reading into one buffer) that leaves
+more of the 2 cores to the server. CPU-s/GB is the server's (nginx: its worker) per GB served;
+for cnr-oci also its main thread's, the event loop, which is the part that cannot spread.
+
+    python bench/blobs.py                        # or: make bench-blobs
+    python bench/blobs.py --quick                # fewer rounds, for a smoke run
+    python bench/blobs.py --baseline /work/main  # A/B: also the cnr-oci of another checkout
 """
 
 from __future__ import annotations
