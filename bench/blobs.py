@@ -185,6 +185,38 @@ class AioGetter:
         self.loop.close()
 
 
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))] if s else float("nan")
+
+
+def latencies_beside(url: str, large: str, small: str, n: int = 200) -> list[float]:
+    """Milliseconds of ``n`` GETs of ``small`` while two other clients GET ``large`` over and over."""
+    stop = threading.Event()
+
+    def stream() -> None:
+        g = Getter(url)
+        while not stop.is_set():
+            g.get(large)
+        g.close()
+
+    streams = [threading.Thread(target=stream) for _ in range(2)]
+    for t in streams:
+        t.start()
+    time.sleep(0.3)
+    g = Getter(url)
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        g.get(small)
+        out.append((time.perf_counter() - t0) * 1000)
+    g.close()
+    stop.set()
+    for t in streams:
+        t.join()
+    return out
+
+
 def put_blob(url: str, repo: str, data: bytes) -> str:
     """A monolithic upload straight into the registry; returns the digest."""
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -256,6 +288,8 @@ def main() -> int:
         digest = put_blob(registry.url, REPO, data)
         big = os.urandom(200 * MiB)
         big_digest = put_blob(registry.url, REPO, big)
+        small = os.urandom(1024)
+        small_digest = put_blob(registry.url, REPO, small)
         del data, big
 
         def spawn(cmd: list[str], health: str, env: dict[str, str] | None = None,
@@ -341,6 +375,13 @@ def main() -> int:
             stats[name] = {line.split(",")[2]: float(line.split(",")[0]) / served
                            for line in out.read_text().splitlines() if line and line[0].isdigit()}
 
+        # Small GETs on the same loop while two large streams run: what a download costs its neighbours.
+        beside: dict[str, list[float]] = {}
+        for name, (url, _, path) in targets.items():
+            if name.startswith("cnr-oci"):
+                beside[name] = latencies_beside(url, path, path.replace(digest.removeprefix("sha256:"),
+                                                                        small_digest.removeprefix("sha256:")))
+
         # RSS of cnr-oci while it streams 200 MiB.
         rss = RssPeak(cnr_pid)
         light = getters[("light", "cnr-oci E13")]
@@ -380,6 +421,13 @@ def main() -> int:
         print(table([["perf stat, per byte served", *next(iter(stats.values()))],
                      *[[name, *(f"{v:.4g}" for v in st.values())] for name, st in stats.items()]]) + "\n")
         results["perf_stat_per_byte"] = stats
+    rows = [["1 KiB E13 GETs while 2 clients stream the large blob", "n", "p50 ms", "p99 ms"]]
+    for name, lat in beside.items():
+        results[name]["small_beside_large"] = {"n": len(lat), "p50_ms": round(pct(lat, 50), 2),
+                                               "p99_ms": round(pct(lat, 99), 2)}
+        rows.append([name, len(lat), f"{pct(lat, 50):.2f}", f"{pct(lat, 99):.2f}"])
+    if beside:
+        print(table(rows) + "\n")
     r = results["cnr-oci RSS streaming 200 MiB"]
     print(f"cnr-oci RSS streaming 200 MiB: {r['before_MiB']} MiB before, peak {r['peak_MiB']} MiB "
           f"(+{r['growth_MiB']} MiB), {r['after_MiB']} MiB after\n")

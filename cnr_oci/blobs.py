@@ -11,7 +11,6 @@ import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 
@@ -23,7 +22,6 @@ from cnr_oci.upstream import READ_CHUNK, DigestMismatch, RegistryUnavailable
 THREAD_MIN = 4 * 1024 * 1024
 THREAD_BATCH = 1024 * 1024  # bytes handed to the thread at once: fewer hand-offs of the GIL
 THREAD_LAG = 4 * 1024 * 1024  # bytes the thread may be behind before the stream waits for it
-RECV_SIZE = 1024 * 1024  # what one recv() of a large blob asks for
 _HASHERS = ThreadPoolExecutor(4, thread_name_prefix="blob-sha256")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 _allocator_tuned = False
@@ -150,19 +148,6 @@ class BlobStream:
         length = resp.headers.get("Content-Length")
         self.size = int(length) if length and length.isdigit() else None
         self._threaded = THREAD_MIN > 0 and (self.size or 0) >= THREAD_MIN
-        self._recv_size: tuple[Any, int] | None = None
-        if self._threaded:
-            self._widen_reads()
-
-    def _widen_reads(self) -> None:
-        """Receive a large blob 1 MiB per recv() instead of asyncio's 256 KiB (``max_size`` of its
-        selector transports): a quarter of the loop iterations. Put back when the stream closes,
-        as the connection returns to the pool. Transports without the attribute are left alone."""
-        transport = self._resp.connection.transport if self._resp.connection is not None else None
-        size = getattr(transport, "max_size", None)
-        if isinstance(size, int) and size < RECV_SIZE:
-            transport.max_size = RECV_SIZE  # type: ignore[union-attr]
-            self._recv_size = (transport, size)
 
     async def _pieces(self, size: int) -> AsyncIterator[bytes]:
         """The body as it arrives, cut off when it is slower than the minimum rate."""
@@ -221,7 +206,4 @@ class BlobStream:
             raise RegistryUnavailable(f"blob {self.digest}: transfer broken: {exc}") from exc
 
     def close(self) -> None:
-        if self._recv_size is not None:
-            transport, size = self._recv_size
-            transport.max_size = size
         self._resp.release()

@@ -78,23 +78,6 @@ async def test_blob_stream_yields_the_bytes_and_checks_the_digest(client):
     assert got == data and stream.size == len(data)
 
 
-async def test_a_large_blob_is_received_in_larger_reads_and_the_pooled_connection_gets_its_own_back(client):
-    """While a blob of THREAD_MIN or more streams, its connection reads RECV_SIZE per recv(); closing
-    the stream puts asyncio's size back before the connection serves the next request."""
-    r = repo()
-    data = bytes(range(256)) * (blobs.THREAD_MIN // 256 + 1)
-    await client.upload_blob(r, layout.sha256(data), data)
-    stream = await client.open_blob(r, layout.sha256(data))
-    transport = stream._resp.connection.transport
-    default = type(transport).max_size
-    try:
-        assert transport.max_size == blobs.RECV_SIZE > default
-        got = b"".join([c async for c in stream.chunks()])
-    finally:
-        stream.close()
-    assert got == data and transport.max_size == default
-
-
 async def test_unknown_blob_raises_blob_unknown(client):
     r = repo()
     await put_artifact(client, r, "1.0.0")
