@@ -7,6 +7,8 @@ import collections
 import contextlib
 import ctypes
 import hashlib
+import os
+import sys
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +24,19 @@ from cnr_oci.upstream import READ_CHUNK, DigestMismatch, RegistryUnavailable
 THREAD_MIN = 4 * 1024 * 1024
 THREAD_BATCH = 1024 * 1024  # bytes handed to the thread at once: fewer hand-offs of the GIL
 THREAD_LAG = 4 * 1024 * 1024  # bytes the thread may be behind before the stream waits for it
-_HASHERS = ThreadPoolExecutor(4, thread_name_prefix="blob-sha256")
+HASHER_NICE = 19  # the hashing threads' nice value
+
+
+def _lower_priority() -> None:
+    """A hashing thread yields the CPU to the event loop when both want it: without this, small
+    requests beside two large downloads waited 8.1 ms (p50) instead of 7.1 on 2 busy cores.
+    Linux only, where a nice value belongs to a thread."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHER_NICE)
+
+
+_HASHERS = ThreadPoolExecutor(4, thread_name_prefix="blob-sha256", initializer=_lower_priority)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 _allocator_tuned = False
 

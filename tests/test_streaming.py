@@ -57,16 +57,20 @@ class _SpyHasher(blobs.ThreadedSha256):
     """Records the threads that hashed, so a test can tell the worker did the work."""
 
     threads: ClassVar[set[str]] = set()
+    nice: ClassVar[set[int]] = set()
 
     def _drain(self) -> None:
         _SpyHasher.threads.add(threading.current_thread().name)
+        _SpyHasher.nice.add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         super()._drain()
 
 
 async def test_a_large_blob_is_hashed_off_the_loop_and_served_whole(client, registry, monkeypatch):
-    """A blob of THREAD_MIN or more is hashed by a worker thread; the bytes come out whole and right."""
+    """A blob of THREAD_MIN or more is hashed by a worker thread, at the lowest CPU priority so the
+    event loop comes first; the bytes come out whole and right."""
     monkeypatch.setattr(blobs, "ThreadedSha256", _SpyHasher)
     _SpyHasher.threads.clear()
+    _SpyHasher.nice.clear()
     repo = "/".join(unique())
     assert (await client.post(f"{API}/{repo}", json=body(kpm()))).status == 200
     data = os.urandom(blobs.THREAD_MIN + 12345)
@@ -74,6 +78,7 @@ async def test_a_large_blob_is_hashed_off_the_loop_and_served_whole(client, regi
     resp = await client.get(f"{API}/{repo}/blobs/sha256/{hashlib.sha256(data).hexdigest()}")
     assert resp.status == 200 and await resp.read() == data
     assert _SpyHasher.threads and all(t.startswith("blob-sha256") for t in _SpyHasher.threads)
+    assert _SpyHasher.nice == {blobs.HASHER_NICE}
 
 
 async def test_a_large_blob_with_wrong_bytes_hashed_off_the_loop_is_never_served_complete(
