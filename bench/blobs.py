@@ -377,10 +377,12 @@ def main() -> int:
 
         # Small GETs on the same loop while two large streams run: what a download costs its neighbours.
         beside: dict[str, list[float]] = {}
-        for name, (url, _, path) in targets.items():
-            if name.startswith("cnr-oci"):
+        rss_after: dict[str, int] = {}
+        for name, (url, pid, path) in targets.items():
+            if name.startswith("cnr-oci") and pid:
                 beside[name] = latencies_beside(url, path, path.replace(digest.removeprefix("sha256:"),
                                                                         small_digest.removeprefix("sha256:")))
+                rss_after[name] = psutil.Process(pid).memory_info().rss
 
         # RSS of cnr-oci while it streams 200 MiB.
         rss = RssPeak(cnr_pid)
@@ -421,11 +423,13 @@ def main() -> int:
         print(table([["perf stat, per byte served", *next(iter(stats.values()))],
                      *[[name, *(f"{v:.4g}" for v in st.values())] for name, st in stats.items()]]) + "\n")
         results["perf_stat_per_byte"] = stats
-    rows = [["1 KiB E13 GETs while 2 clients stream the large blob", "n", "p50 ms", "p99 ms"]]
+    rows = [["1 KiB E13 GETs while 2 clients stream the large blob", "n", "p50 ms", "p99 ms",
+             "server RSS MiB after all"]]
     for name, lat in beside.items():
         results[name]["small_beside_large"] = {"n": len(lat), "p50_ms": round(pct(lat, 50), 2),
                                                "p99_ms": round(pct(lat, 99), 2)}
-        rows.append([name, len(lat), f"{pct(lat, 50):.2f}", f"{pct(lat, 99):.2f}"])
+        results[name]["rss_after_MiB"] = mib(rss_after[name])
+        rows.append([name, len(lat), f"{pct(lat, 50):.2f}", f"{pct(lat, 99):.2f}", mib(rss_after[name])])
     if beside:
         print(table(rows) + "\n")
     r = results["cnr-oci RSS streaming 200 MiB"]
