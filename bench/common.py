@@ -10,12 +10,15 @@ import io
 import json
 import os
 import platform
+import pwd
+import shutil
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -239,3 +242,71 @@ class Cnr:
                    if line.startswith("cnr_oci_upstream_requests_total{"))
 
 
+NGINX_HINT = "nginx is not installed: apt-get install -y nginx-light (Debian)"
+
+# What "tuned" adds to a default unbuffered proxy (`proxy_buffering off` alone): big buffers,
+# HTTP/1.1 and kept-alive upstream connections, no Nagle delay.
+NGINX_TUNED = """
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_buffer_size 1m;
+    proxy_buffers 8 1m;
+    proxy_busy_buffers_size 2m;
+    tcp_nodelay on;
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def nginx_proxy(upstream: str, workdir: str | os.PathLike[str], *, tuned: bool = True,
+                binary: str = "nginx") -> Iterator[tuple[str, int]]:
+    """An nginx reverse proxy to ``upstream`` (``http://host:port``) on 127.0.0.1, with its own
+    config, logs and temp files under ``workdir``; one worker, unbuffered (``proxy_buffering off``).
+    With ``tuned``, ``proxy_buffer_size 1m`` and friends (NGINX_TUNED). Yields (url, master pid).
+
+    Raises FileNotFoundError with NGINX_HINT when nginx is not installed.
+    """
+    exe = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
+    if exe is None:
+        raise FileNotFoundError(NGINX_HINT)
+    root = Path(workdir) / ("nginx-tuned" if tuned else "nginx-default")
+    root.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    user = f"user {pwd.getpwuid(os.getuid()).pw_name};" if os.getuid() == 0 else ""
+    temps = "\n".join(f"    {k}_temp_path {root / k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    conf = root / "nginx.conf"
+    conf.write_text(f"""{user}
+daemon off;
+worker_processes 1;
+pid {root / "nginx.pid"};
+error_log {root / "error.log"} warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+{temps}
+    upstream backend {{ server {upstream.removeprefix("http://").rstrip("/")}; {"keepalive 16;" if tuned else ""} }}
+    server {{
+        listen 127.0.0.1:{port};
+        proxy_buffering off;
+        {NGINX_TUNED if tuned else ""}
+        location / {{ proxy_pass http://backend; }}
+    }}
+}}
+""")
+    proc = subprocess.Popen([exe, "-p", str(root), "-c", str(conf)], stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/")
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
