@@ -41,7 +41,7 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import machine, nginx_proxy, table, wait_http
+from bench.common import RssSampler, machine, nginx_proxy, table, wait_http
 from cnr_oci.embedded import EmbeddedRegistry, free_port
 
 MiB = 1024 * 1024
@@ -84,30 +84,6 @@ def passthrough(port: int, upstream: str, hashing: bool) -> None:
     app.cleanup_ctx.append(session_ctx)
     app.router.add_get("/{tail:.*}", handler)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
-
-
-class RssPeak:
-    """Samples a process's RSS every 5 ms in a thread; ``window()`` restarts the peak."""
-
-    def __init__(self, pid: int) -> None:
-        self.proc = psutil.Process(pid)
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.005)
-
-    def window(self) -> int:
-        self.peak = now = self.proc.memory_info().rss
-        return now
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 # -- the client: blocking, one keep-alive connection, read into one buffer (cheap on CPU) ----------
@@ -385,7 +361,7 @@ def main() -> int:
                 rss_after[name] = psutil.Process(pid).memory_info().rss
 
         # RSS of cnr-oci while it streams 200 MiB.
-        rss = RssPeak(cnr_pid)
+        rss = RssSampler(cnr_pid)
         light = getters[("light", "cnr-oci E13")]
         light.get(e13)  # the 50 MiB once more, so the first-use allocations are done
         before = rss.window()

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import psutil
 
-from cnr_oci.embedded import free_port
+from cnr_oci.embedded import free_port, stop_process
 from tests.helpers import tarball
 
 
@@ -304,9 +304,4 @@ http {{
         wait_http(url + "/")
         yield url, proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)

@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from cnr_oci.app import create_app
-from cnr_oci.embedded import EmbeddedRegistry, free_port
+from cnr_oci.embedded import EmbeddedRegistry, free_port, stop_process
 from cnr_oci.settings import Settings
 from tests import helpers
 from tests.appr_server import ApprServer
@@ -191,11 +191,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     try:
         yield live
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         live.registry.stop()
 
 

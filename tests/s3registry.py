@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cnr_oci.embedded import free_port
+from cnr_oci.embedded import free_port, stop_process
 
 BUCKET = "registry"
 CONFIG = """version: 0.1
@@ -48,13 +48,7 @@ class S3Registry:
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, 5)
 
 
 def _wait(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:

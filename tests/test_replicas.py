@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 import yaml
 
-from cnr_oci.embedded import EmbeddedRegistry, free_port
+from cnr_oci.embedded import EmbeddedRegistry, free_port, stop_process
 from tests import helpers
 from tests.conftest import TEST_SECRET, require_binary
 from tests.helpers import body, chart, kpm, unique
@@ -42,12 +42,7 @@ def start_replica(upstream: str, redis_url: str | None, log_path: Path,
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc, 20)
 
 
 @asynccontextmanager
