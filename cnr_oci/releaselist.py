@@ -21,12 +21,15 @@ class ReleaseList:
     def __init__(self, tags: list[str]) -> None:
         self.tags = tags
         self.ordered = mapping.sort_releases(r for t in tags if (r := mapping.tag_to_release(t)))
+        self._present = frozenset(self.ordered)
         self._matches: LRUCache[str, list[str]] = LRUCache(QUERIES)
 
     def match(self, query: str | None) -> list[str]:
         """The releases a (checked) version query selects, best first; shared: not to be changed."""
         if not query or query == "default":
             return self.ordered
+        if mapping.is_release(query):  # an exact release: a set lookup, whatever the release count
+            return [query] if query in self._present else []
         found = self._matches.get(query)
         if found is None:
             found = mapping.match_releases(self.ordered, query, presorted=True)
