@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 from cnr_oci.app import create_app
 from cnr_oci.embedded import EmbeddedRegistry, free_port, stop_process
 from cnr_oci.settings import Settings
-from tests import helpers
+from tests import helpers, openapi_check
 from tests.appr_server import ApprServer
 from tests.appr_server import installed as appr_server_installed
 from tests.clients.install_appr_server import main as install_appr_server
@@ -103,7 +103,12 @@ async def make_client(aiohttp_client: Any) -> CnrClient:
     async def make(settings: Settings) -> TestClient:
         if settings.token_secret is None:  # never write a secret into ./data from a test
             settings = dataclasses.replace(settings, token_secret=TEST_SECRET)
-        return await aiohttp_client(create_app(settings))
+        # Every response is checked against schemas/openapi.json (tests/openapi_check.py).
+        origin: list[str] = []
+        check = openapi_check.checker(lambda: origin[0] if origin else None)
+        made: TestClient = await aiohttp_client(create_app(settings), middlewares=(check,))
+        origin.append(str(made.make_url("")).rstrip("/"))
+        return made
 
     return make
 

@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("storage", ["entries", "releaselist", "blobcache", "readmodel", "release", "writepath", "channels", "catalog",
                  "helmrepo", "store", "migratereport", "migrate", "invalidation"]),
     ("http", ["translate", "wire", "appkeys", "streaming", "blobredirect", "bodies", "logsafe", "server",
-              "middleware", "ops", "routes", "helmroutes", "cmapi"]),
+              "middleware", "ops", "routes", "helmroutes", "cmapi", "openapi", "apidocs"]),
     ("process", ["app", "workers", "migratecli", "cli", "__main__", "__init__"]),
 ]
 RANK = {m: (i, j) for i, (_, mods) in enumerate(LAYERS) for j, m in enumerate(mods)}
