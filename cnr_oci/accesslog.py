@@ -25,7 +25,6 @@ from cnr_oci.logsafe import RedactingFilter
 
 LOGGER = "cnr_oci.access"
 REQUEST_KEY = web.RequestKey("cnr_oci_request", requestctx.RequestContext)  # set by the middleware
-FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # The access line's fields, in the order the text format appends them.
 FIELDS = ("request_id", "method", "route", "status", "duration_ms", "bytes", "user", "upstream_calls", "remote")
