@@ -164,12 +164,13 @@ async def _settle_forever(store: Store, interval: float = 1.0) -> None:
 def create_app(settings: Settings) -> web.Application:
     """Build the cnr-oci application from settings (no argv, no environment)."""
     logsafe.install_log_filter()  # no raw request bytes or credentials in aiohttp's logs
-    middlewares: list[Middleware] = []
+    middlewares: list[Middleware] = [middleware.request_middleware]
     if settings.cors_origins:
         middlewares.append(middleware.cors_middleware(settings.cors_origins))
     middlewares += [middleware.metrics_middleware, middleware.error_middleware, middleware.encoding_middleware,
                     middleware.auth_middleware]
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_size)
+    app.on_response_prepare.append(middleware.send_request_id)
     app[appkeys.SETTINGS] = settings
     app[appkeys.METRICS] = Metrics()
     # Each --workers process has metrics of its own: say which one answered the scrape.

@@ -58,6 +58,12 @@ def _log_level(value: str) -> str:
     return value.lower()
 
 
+def _log_format(value: str) -> str:
+    if value.lower() not in ("text", "json"):
+        raise argparse.ArgumentTypeError(f"expected text or json, not {value!r}")
+    return value.lower()
+
+
 def _origins(value: str) -> tuple[str, ...]:
     return tuple(o.strip() for o in value.split(",") if o.strip())
 
@@ -129,6 +135,7 @@ FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--blob-cache-max", "blob_cache_max", parse_size, "the largest blob the blob cache keeps (default 1MiB)"),
     ("--blob-redirect", "blob_redirect", _bool,
      "where the registry redirects a blob GET to storage, answer the client 307 there instead of streaming"),
+    ("--log-format", "log_format", _log_format, "text or json: one JSON object per log line (default text)"),
 ]
 SWITCHES = {"anonymous_read", "service_write", "tls_insecure", "insecure_open", "disable_force_overwrite",
             "blob_redirect"}
@@ -249,11 +256,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "user":
         return user_command(args, environ)
     settings = settings_from(args, environ)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from cnr_oci import accesslog
+
+    accesslog.configure(settings.log_level, settings.log_format)
     if args.command == "migrate":
         from cnr_oci import migratecli
 

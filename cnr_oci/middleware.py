@@ -1,22 +1,56 @@
-"""Middleware: metrics, the CNR error envelope, refused encodings, the caller's identity, CORS."""
+"""Middleware: request ids and the access line, metrics, the CNR error envelope, refused encodings,
+the caller's identity, CORS."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from cnr_oci import appkeys, errors, translate, upstream, wire
+from cnr_oci import accesslog, appkeys, errors, requestctx, translate, upstream, wire
 from cnr_oci.auth import IDENTITY, parse_authorization
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="cnr-oci"'}
+
+
+@web.middleware
+async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The outermost: the request's id (an acceptable incoming X-Request-ID, else a new one) and its
+    context for the access line; aiohttp's access logger (accesslog.AccessLog) writes that line when
+    the response is complete, this middleware when the request ends without one (a stream aborted
+    after its headers, a client gone)."""
+    ctx = requestctx.RequestContext(requestctx.accept_id(request.headers.get(requestctx.HEADER)))
+    resource = request.match_info.route.resource
+    ctx.route = resource.canonical if resource is not None else None
+    request[accesslog.REQUEST_KEY] = ctx
+    token = requestctx.CURRENT.set(ctx)
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except BaseException as exc:
+        if ctx.status is not None or isinstance(exc, asyncio.CancelledError):
+            # 499: the client went away before an answer (nginx's code for it).
+            accesslog.write(request, ctx.status or 499, request.writer.output_size,
+                            time.perf_counter() - ctx.started)
+        raise
+    finally:
+        requestctx.CURRENT.reset(token)
+
+
+async def send_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every answer names its request id; the status is noted for the log."""
+    ctx = request.get(accesslog.REQUEST_KEY)
+    if isinstance(ctx, requestctx.RequestContext):
+        response.headers[requestctx.HEADER] = ctx.id
+        ctx.status = response.status
 
 
 @web.middleware
@@ -44,7 +78,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 raise
             err = translate.http_to_cnr(exc.status, exc.reason or exc.text or "")
             return wire.render(err, {k: v for k, v in exc.headers.items() if k == "Allow"})
-        request_id = uuid.uuid4().hex[:12]
+        ctx = requestctx.CURRENT.get()
+        request_id = ctx.id if ctx is not None else requestctx.accept_id(None)
         log.exception("unexpected error, request id %s, on %s %s", request_id, request.method, request.path)
         return wire.render(errors.InternalError(f"internal error (request id {request_id})",
                                                   {"request_id": request_id}))
@@ -89,6 +124,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     ident = None
     if request.path not in LOGIN_PATHS:
         ident = parse_authorization(request.headers.get("Authorization"), request.config_dict[appkeys.TOKENS])
+        ctx = requestctx.CURRENT.get()
+        if ctx is not None and ident is not None:
+            ctx.user = ident.username  # the caller's own name, for the access line (never the service user)
     if ident is None and appkeys.SERVICE_CREDENTIALS in request.config_dict:
         settings = request.config_dict[appkeys.SETTINGS]
         reading = request.method in ("GET", "HEAD")

@@ -33,7 +33,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 
-from cnr_oci import wire
+from cnr_oci import accesslog, wire
 from cnr_oci.logsafe import install_log_filter
 
 log = logging.getLogger(__name__)
@@ -234,6 +234,7 @@ class LimitedRunner(web.AppRunner):
         # any handler runs, and inflate the unread rest while discarding it: a 1 MB anonymous body
         # cost 1.5 s of loop time. Bodies are taken as sent; encoded ones get 415 (app middleware).
         kwargs.setdefault("auto_decompress", False)
+        kwargs.setdefault("access_log_class", accesslog.AccessLog)  # one line per request, ids and all
         super().__init__(app, **kwargs)
         self.limits = limits
 

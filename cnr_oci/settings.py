@@ -56,3 +56,5 @@ class Settings:
     # The blob cache (README "Caching"): bytes held in all, and the largest blob kept.
     blob_cache_size: int = 256 * 1024 * 1024
     blob_cache_max: int = 1024 * 1024
+    # Log lines as text or JSON (README "Logs").
+    log_format: str = "text"

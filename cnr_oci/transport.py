@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import aiohttp
 from yarl import URL
 
+from cnr_oci import requestctx
 from cnr_oci.auth import IDENTITY
 from cnr_oci.challenge import Authenticator, TokenRefused, parse_challenge, scope_for
 from cnr_oci.metrics import Metrics
@@ -217,14 +218,14 @@ class Transport:
             log.info("%s: %s is not the registry's origin; sending no credentials", what, url.origin())
             authenticate = False
         if not authenticate:
-            resp = await self._session.request(method, url, headers=headers, params=params, data=body,
-                                               allow_redirects=redirects)
+            resp = await self._session.request(method, url, headers=_with_request_id(headers), params=params,
+                                               data=body, allow_redirects=redirects)
             self.metrics.upstream.labels(method, str(resp.status)).inc()
             return resp
         ident = IDENTITY.get()
         scope = scope_for(method, url.path)
         for attempt in range(2):
-            sent = dict(headers or {})
+            sent = _with_request_id(headers)
             auth = self.auth.cached(ident, scope)
             if auth:
                 sent["Authorization"] = auth
@@ -252,3 +253,13 @@ class Transport:
 
     async def _sleep(self, attempt: int) -> None:
         await asyncio.sleep(min(self._backoff_cap, self._backoff * (2**attempt)))
+
+
+def _with_request_id(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """The headers of one registry request, counted for the current CNR request and carrying its
+    X-Request-ID (the registry's logs and ours then name the same request)."""
+    sent = dict(headers or {})
+    request_id = requestctx.upstream_call()
+    if request_id is not None:
+        sent[requestctx.HEADER] = request_id
+    return sent

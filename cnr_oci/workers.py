@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from multiprocessing.process import BaseProcess
 
-from cnr_oci import server
+from cnr_oci import accesslog, server
 from cnr_oci.app import create_app, upstream_of
 from cnr_oci.auth import load_secret
 from cnr_oci.settings import Settings
@@ -88,8 +88,7 @@ def _join(procs: Sequence[BaseProcess]) -> None:
 def _worker(settings: Settings, limits: server.Limits, parent: int) -> None:
     """One worker: a whole server on the shared port."""
     os.setpgrp()
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s %(name)s [{os.getpid()}]: %(message)s")
+    accesslog.configure(settings.log_level, settings.log_format, tag=f" [{os.getpid()}]")
     threading.Thread(target=_orphan_watch, args=(parent, lambda: os.kill(os.getpid(), signal.SIGTERM)),
                      daemon=True).start()
     try:

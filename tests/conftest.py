@@ -176,13 +176,15 @@ LIVE_USERS = {"alice": "alice-pw-1", "bob": "bob-pw-2"}
 
 
 def start_live_server(
-    root: Path, users: dict[str, str] = LIVE_USERS, *extra: str
+    root: Path, users: dict[str, str] = LIVE_USERS, *extra: str, upstream: Callable[[str], str] | None = None
 ) -> tuple[subprocess.Popen[bytes], LiveServer]:
+    """``upstream``: the URL cnr-oci is given, from the registry's (a proxy in front of it, say)."""
     reg = start_htpasswd_registry(root, users)
     port = free_port()
     log_path = root / "cnr-oci.log"
+    url = upstream(reg.url) if upstream is not None else reg.url
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "cnr_oci", "serve", "--port", str(port), "--upstream", reg.url,
+        proc = subprocess.Popen([sys.executable, "-m", "cnr_oci", "serve", "--port", str(port), "--upstream", url,
                                  "--token-secret", TEST_SECRET, "--data-dir", str(root / "data"), *extra],
                                 stdout=log, stderr=log)
     helpers.wait_served(proc, port, log_path)

@@ -27,7 +27,7 @@ COMPARED_HEADERS = ("Content-Type", "Allow", "WWW-Authenticate", "Retry-After", 
                     "Connection", "Access-Control-Allow-Origin", "Access-Control-Allow-Methods", "Vary")
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 HEX64 = re.compile(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
-REQUEST_ID = re.compile(r"request id [0-9a-f]{12}")
+REQUEST_ID = re.compile(r"request id [A-Za-z0-9._:+/=-]+")  # requestctx: an X-Request-ID or 32 hex digits
 
 
 @dataclasses.dataclass
