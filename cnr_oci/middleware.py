@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from cnr_oci import appkeys, errors, translate, upstream, wire
+from cnr_oci import appkeys, errors, translate, uisession, upstream, wire
 from cnr_oci.auth import IDENTITY, parse_authorization
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     ident = None
     if request.path not in LOGIN_PATHS:
         ident = parse_authorization(request.headers.get("Authorization"), request.config_dict[appkeys.TOKENS])
+        if "Authorization" not in request.headers and uisession.cookie_applies(request):
+            ident = uisession.cookie_identity(request, request.config_dict[appkeys.TOKENS])
     if ident is None and appkeys.SERVICE_CREDENTIALS in request.config_dict:
         settings = request.config_dict[appkeys.SETTINGS]
         reading = request.method in ("GET", "HEAD")
