@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 
 import pytest
@@ -56,7 +57,7 @@ async def test_a_release_page_shows_chart_files_and_copyable_commands(client):
     assert "&#34;team&#34;" in text or '"team"' in text
     for client_name in ("curl", "appr", "helm (OCI)", "helm (repository)", "oras"):
         assert f'data-client="{client_name}"' in text
-    assert f"/helm/{ns}" in text and f"oci://" in text
+    assert f"/helm/{ns}" in text and "oci://" in text
 
 
 async def test_no_ui_route_shadows_a_cnr_route_whatever_the_namespace(client):
@@ -64,7 +65,8 @@ async def test_no_ui_route_shadows_a_cnr_route_whatever_the_namespace(client):
     for ns in ("api", "helm", "cnr", "ui", "healthz", "static", "login", "packages"):
         name = unique()[1]
         for prefix in ("/cnr/api/v1/packages", "/api/v1/packages"):
-            assert (await client.post(f"{prefix}/{ns}/{name}", json=body(kpm(), release="1.0.0"), params={"force": "true"})).status == 200
+            pushed = await client.post(f"{prefix}/{ns}/{name}", json=body(kpm()), params={"force": "true"})
+            assert pushed.status == 200
             shown = await client.get(f"{prefix}/{ns}/{name}/1.0.0/kpm")
             assert shown.status == 200 and (await shown.json())["package"] == f"{ns}/{name}"
         assert (await client.get(f"/ui/packages/{ns}/{name}", headers=HTML)).status == 200
@@ -106,7 +108,6 @@ async def _login(c, user: str = "alice", password: str | None = None):
 async def test_the_login_cookie_is_httponly_strict_and_opens_private_packages(auth_client):
     c = auth_client
     ns, name = unique()
-    import base64
     basic = {"Authorization": "Basic " + base64.b64encode(b"alice:alice-pw-1").decode()}
     assert (await c.post(f"{API}/{ns}/{name}", json=body(kpm()), headers=basic)).status == 200
     anonymous = await c.get(f"/ui/packages/{ns}/{name}", headers=HTML)
@@ -166,7 +167,6 @@ async def test_the_browser_basic_prompt_sets_the_cookie(auth_client):
     c = auth_client
     prompt = await c.get("/ui/login/basic", headers=HTML, allow_redirects=False)
     assert prompt.status == 401 and prompt.headers["WWW-Authenticate"].startswith("Basic")
-    import base64
     basic = {"Authorization": "Basic " + base64.b64encode(b"bob:bob-pw-2").decode()}
     resp = await c.get("/ui/login/basic", headers={**HTML, **basic}, allow_redirects=False)
     assert resp.status == 303 and SESSION_COOKIE in resp.cookies
