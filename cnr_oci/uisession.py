@@ -3,7 +3,7 @@
 The session cookie holds a cnr-oci login token (auth.TokenCodec: Fernet, so the password inside is
 encrypted and authenticated, and the token expires with --token-ttl). It is HttpOnly, SameSite=Strict,
 Path=/, and Secure over HTTPS. It stands for an identity only on reads of the browser's own pages
-(GET and HEAD of / and /ui/...), never on the API, so no other site can make a browser write with it.
+(GET and HEAD of /, /cnr and /ui/...), never on the API, so no other site can make a browser write with it.
 Forms that change something (login, logout) carry a CSRF token that must equal the CSRF cookie's
 (double submit; the cookie is SameSite=Strict too), and a foreign Origin is refused.
 """
@@ -22,11 +22,12 @@ SESSION_COOKIE = "cnroci_session"
 CSRF_COOKIE = "cnroci_csrf"
 CSRF_FIELD = "csrf"
 NEW_CSRF = web.RequestKey("new_csrf", str)
+HOME_PATHS = frozenset({"/", "/cnr", "/cnr/"})  # the home page, for browsers
 
 
 def cookie_applies(request: web.Request) -> bool:
     """Whether the session cookie may stand for the caller on this request."""
-    return request.method in ("GET", "HEAD") and (request.path == "/" or request.path.startswith("/ui/"))
+    return request.method in ("GET", "HEAD") and (request.path in HOME_PATHS or request.path.startswith("/ui/"))
 
 
 def cookie_identity(request: web.Request, codec: TokenCodec) -> Credentials | None:

@@ -120,6 +120,8 @@ async def test_the_login_cookie_is_httponly_strict_and_opens_private_packages(au
     assert "alice-pw-1" not in morsel.value
     page = await c.get(f"/ui/packages/{ns}/{name}", headers=HTML)
     assert page.status == 200 and "Signed in as" in await page.text()
+    for home in ("/", "/cnr", "/cnr/"):  # the home page, wherever a browser finds it
+        assert "Signed in as" in await (await c.get(home, headers=HTML)).text(), home
     # The cookie stands for nobody on the API: writes need Authorization, whatever the browser holds.
     assert (await c.get(f"{API}/{ns}/{name}")).status == 401
 
