@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from cnr_oci import __version__, schemas
+from cnr_oci import __version__, schemas, uiauth
 
 J = dict[str, Any]
 PKG = "/api/v1/packages/{ns}/{name}"
@@ -313,7 +313,7 @@ def _responses() -> J:
 @functools.cache
 def document() -> J:
     """The OpenAPI 3.1 document of every route cnr-oci serves."""
-    paths = {**_cnr_paths(), **_root_paths(), **_cm_paths()}
+    paths = {**_cnr_paths(), **_root_paths(), **_cm_paths(), **uiauth.openapi_paths()}
     return {
         "openapi": "3.1.0",
         "info": {"title": "cnr-oci", "version": __version__, "description": DESCRIPTION,
@@ -323,7 +323,8 @@ def document() -> J:
         "tags": [{"name": "CNR", "description": "The CNR / appr app-registry API (E1 to E18)"},
                  {"name": "helm", "description": "The classic helm chart repository"},
                  {"name": "chartmuseum", "description": "ChartMuseum's chart manipulation API"},
-                 {"name": "ops", "description": "Operational routes and this document"}],
+                 {"name": "ops", "description": "Operational routes and this document"},
+                 {"name": "ui", "description": "The package browser (HTML pages)"}],
         "paths": paths,
         "components": {"schemas": _schemas(), "responses": _responses(),
                        "securitySchemes": {"basic": {"type": "http", "scheme": "basic"},

@@ -7,6 +7,7 @@ session cookie (uisession) carries them encrypted. Login and logout are POSTed f
 from __future__ import annotations
 
 import urllib.parse
+from typing import Any
 
 from aiohttp import web
 
@@ -86,3 +87,40 @@ def setup_ui(app: web.Application) -> None:
     app.router.add_post("/ui/login", login)
     app.router.add_get("/ui/login/basic", login_basic)
     app.router.add_post("/ui/logout", logout)
+
+
+def _page(op_id: str, summary: str, ok: dict[str, str], params: tuple[str, ...] = (),
+          method: str = "get") -> dict[str, Any]:
+    """One package-browser route as openapi.py describes routes: HTML, root only; errors are HTML pages with
+    the API's status (a refused CSRF token: the CNR JSON error)."""
+    html: dict[str, Any] = {"text/html": {"schema": {}}}
+    responses: dict[str, Any] = {status: {"description": why, **({"content": html} if status == "200" else {
+        "headers": {"Location": {"schema": {"type": "string"}}}})} for status, why in ok.items()}
+    responses["default"] = {"description": "An error page with the API's status", "content": {
+        **html, "application/json": {"schema": {}}}}
+    params_ = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params]
+    return {method: {"operationId": op_id, "summary": summary, "tags": ["ui"], "responses": responses,
+                     **({"parameters": params_} if params_ else {})}}
+
+
+def openapi_paths() -> dict[str, Any]:
+    """The package browser's routes, for the OpenAPI document (kept here, beside the routes)."""
+    page, moved = {"200": "An HTML page"}, {"303": "Where to go next, with the session cookie set or cleared"}
+    paths = {
+        "/ui": _page("ui_root", "Redirects to /ui/", {"302": "To /ui/"}),
+        "/ui/": _page("ui_home", "Namespaces", page),
+        "/ui/packages": _page("ui_packages", "Packages, with search (?q=, ?namespace=)", page),
+        "/ui/packages/{ns}/{name}": _page("ui_package", "A package: releases, media types, channels", page,
+                                          ("ns", "name")),
+        "/ui/packages/{ns}/{name}/{release}/{media_type}": _page(
+            "ui_release", "A release: chart files, metadata, pull commands", page,
+            ("ns", "name", "release", "media_type")),
+        "/ui/static/{filename}": _page("ui_static", "The stylesheet", {"200": "A static file"}, ("filename",)),
+        "/ui/login": {**_page("ui_login_form", "The login form", page),
+                      **_page("ui_login", "Log in (a form with a CSRF token)", {**page, **moved}, method="post")},
+        "/ui/login/basic": _page("ui_login_basic", "Log in with the browser's Basic prompt", moved),
+        "/ui/logout": _page("ui_logout", "Log out (a form with a CSRF token)", moved, method="post"),
+    }
+    for item in paths.values():
+        item["servers"] = [{"url": "/"}]
+    return paths

@@ -43,7 +43,8 @@ def _templates(app: web.Application, prefix: str = "") -> set[tuple[str, str]]:
         if "app" in info:  # the /cnr sub-application
             found |= _templates(info["app"], prefix + info["prefix"])
             continue
-        path = prefix + str(info.get("path") or info.get("formatter"))
+        static = info["prefix"] + "/{filename}" if "directory" in info else None  # a static directory
+        path = prefix + str(info.get("path") or info.get("formatter") or static)
         variants = [path.replace("{json}", ""), path.replace("{json}", "/json")]
         for p in {re.sub(r"\{(\w+):[^}]*\}", r"{\1}", v) for v in variants}:
             p = p.rstrip("/") or "/"
