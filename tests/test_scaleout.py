@@ -106,15 +106,15 @@ class Package:
     statuses: Counter[int] = field(default_factory=Counter)
 
 
-async def racers(session: aiohttp.ClientSession, url: str, pkg: Package, release: str
-                 ) -> list[tuple[int, bytes]]:
+async def racers(session: aiohttp.ClientSession, url: str, pkg: Package, release: str,
+                 allowed: tuple[int, ...] = (200, 409)) -> list[tuple[int, bytes]]:
     """RACERS non-force pushes of one release at once, each with different bytes: (status, bytes) each."""
     blobs = [kpm(extra=f"{pkg.repo} {release} racer {i}".encode()) for i in range(RACERS)]
 
     async def push(blob: bytes) -> tuple[int, bytes]:
         async with session.post(f"{url}{API}/{pkg.repo}", json=body(blob, release=release)) as r:
             text = await r.text()
-            assert r.status in (200, 409), (r.status, text)
+            assert r.status in allowed, (r.status, text)
             if r.status == 409:
                 assert json.loads(text)["error"]["code"] == "package-exists", text
             return r.status, blob
@@ -264,11 +264,13 @@ async def test_a_mixed_load_over_two_replicas_loses_nothing_and_leaves_channels_
 
 async def test_without_redis_racing_pushes_over_two_replicas_can_both_win(registry, tmp_path):
     """The control: the test above can fail. Without --redis-url each replica locks only its own
-    process, so a race spread over both can acknowledge two pushes of one release: one is lost."""
+    process, so a race spread over both can acknowledge two pushes of one release: one is lost. (The
+    registry itself may also answer 500 to two tag writes at once: a 503 here.)"""
     ns = unique("so")[0]
     pkgs = [Package(f"{ns}/app{i}") for i in range(PACKAGES)]
     async with scaled_out(registry, None, tmp_path) as (session, url, _):
-        races = await asyncio.gather(*(racers(session, url, p, f"1.{i}.0") for p in pkgs for i in range(8)))
+        races = await asyncio.gather(*(racers(session, url, p, f"1.{i}.0", (200, 409, 503))
+                                       for p in pkgs for i in range(8)))
     winners = Counter(sum(status == 200 for status, _ in outcomes) for outcomes in races)
     print(f"\nwithout Redis, races by number of winners: {dict(winners)}")
-    assert winners[0] == 0 and max(winners) > 1, winners
+    assert max(winners) > 1, winners
