@@ -158,6 +158,12 @@ def test_existing_secrets_and_redis_are_used_and_none_is_made(helm):
 @pytest.mark.parametrize("bad, message", [
     (["--set", "registry.enabled=false"], "set upstream.url"),
     (["--set", "upstream.url=http://r:5000", "--set", "redis.enabled=false"], "more than one replica needs Redis"),
+    # values.schema.json
+    (["--set", "replicaCount=two"], "replicaCount"),
+    (["--set", "tokenSecret.value=short"], "tokenSecret.value"),
+    (["--set", "env.FOO=1"], "FOO"),
+    (["--set", "logLevel=loud"], "logLevel"),
+    (["--set", "upstream.url=registry:5000"], "upstream.url"),
 ])
 def test_a_deployment_that_cannot_work_is_refused_at_template_time(helm, bad, message):
     with pytest.raises(AssertionError, match=message):
