@@ -79,6 +79,7 @@ system-deps:
 	command -v gpg >/dev/null || missing="$$missing gnupg"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
