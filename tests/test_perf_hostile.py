@@ -1,0 +1,213 @@
+"""Hostile inputs to issue 13's code: the Redis invalidation channel, a registry whose blob GETs
+redirect (to storage, to itself, to odd places), the blob cache's single flight."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from cnr_oci.settings import Settings
+from tests.fake_upstream import HOP, SESSION
+from tests.helpers import body, kpm, sha, unique
+
+API = "/cnr/api/v1/packages"
+SECRET = "X-Amz-Signature=deadbeefcafe0123456789"
+
+
+# -- the invalidation channel ------------------------------------------------------------------
+
+
+async def test_a_deeply_nested_message_does_not_kill_the_subscriber(redis_server):
+    """json.loads raises RecursionError (not a ValueError) on deep nesting: the subscriber must
+    survive it and apply the next well-formed message from another replica."""
+    from redis.asyncio import from_url
+
+    from cnr_oci.invalidation import Invalidation
+    from cnr_oci.readmodel import ReadModel
+
+    channel = f"cnr-oci:forget:test:{unique()[0]}"
+    read = ReadModel(None, cache_ttl=300)  # type: ignore[arg-type]  # forget needs no client
+    seen: list[tuple[str, str | None]] = []
+    read.on_forget.append(lambda repo, tag: seen.append((repo, tag)))
+    bus, sender = from_url(redis_server), from_url(redis_server)
+    inv = Invalidation(bus, read, channel=channel)
+    try:
+        await inv.start()
+        await asyncio.wait_for(inv.subscribed.wait(), 10)
+        await sender.publish(channel, "[" * 200_000)
+        await sender.publish(channel, '{"from": "x", "repo": "a", "tag": ' + "[" * 200_000)
+        await sender.publish(channel, json.dumps({"from": "other", "repo": "ns/app", "tag": None}))
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.05)
+        assert seen == [("ns/app", None)]
+        assert all(not t.done() for t in inv._tasks)
+    finally:
+        await inv.close()
+        await bus.aclose()
+        await sender.aclose()
+
+
+async def test_an_oversized_message_is_dropped_and_the_next_one_applied(redis_server):
+    """A message can only name a repository of <= 255 characters: a 1 MB one is not applied (each
+    forget keeps its repository as a key of several caches, 100,000 entries each)."""
+    from redis.asyncio import from_url
+
+    from cnr_oci.invalidation import Invalidation
+    from cnr_oci.readmodel import ReadModel
+
+    channel = f"cnr-oci:forget:test:{unique()[0]}"
+    read = ReadModel(None, cache_ttl=300)  # type: ignore[arg-type]  # forget needs no client
+    seen: list[tuple[str, str | None]] = []
+    read.on_forget.append(lambda repo, tag: seen.append((repo, tag)))
+    bus, sender = from_url(redis_server), from_url(redis_server)
+    inv = Invalidation(bus, read, channel=channel)
+    try:
+        await inv.start()
+        await asyncio.wait_for(inv.subscribed.wait(), 10)
+        await sender.publish(channel, json.dumps({"from": "other", "repo": "n/" + "a" * 1_000_000, "tag": None}))
+        await sender.publish(channel, json.dumps({"from": "other", "repo": "ns/app", "tag": "1-0-0"}))
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+        assert seen == [("ns/app", "1-0-0")]
+    finally:
+        await inv.close()
+        await bus.aclose()
+        await sender.aclose()
+
+
+# -- a registry whose blob GETs redirect -------------------------------------------------------
+
+
+def redirecting_registry(target: str, location: Callable[[web.Request], str],
+                         seen: list[tuple[str, str, dict[str, str]]]) -> web.Application:
+    """Forwards to the real registry and asks for Basic credentials (any); a blob GET is answered
+    307 to ``location(request)``. Every request is recorded (method, path_qs, headers)."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        seen.append((request.method, request.path_qs, dict(request.headers)))
+        if request.path.startswith("/v2/") and "Authorization" not in request.headers:
+            return web.json_response({"errors": [{"code": "UNAUTHORIZED", "message": "auth"}]}, status=401,
+                                     headers={"WWW-Authenticate": 'Basic realm="r"'})
+        if request.method == "GET" and "/blobs/sha256:" in request.path:
+            return web.Response(status=307, headers={"Location": location(request)})
+        headers = {k: v for k, v in request.headers.items() if k not in HOP and k != "Authorization"}
+        async with request.app[SESSION].request(request.method, target + request.path_qs, headers=headers,
+                                                data=io.BytesIO(await request.read()),
+                                                allow_redirects=False) as up:
+            payload = await up.read()
+            out = {k: v for k, v in up.headers.items() if k not in HOP}
+        return web.Response(status=up.status, headers=out, body=payload)
+
+    async def session_ctx(app: web.Application) -> Any:
+        async with aiohttp.ClientSession(auto_decompress=False) as s:
+            app[SESSION] = s
+            yield
+
+    app = web.Application()
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+def storage(blobs: dict[str, bytes], seen: list[tuple[str, str, dict[str, str]]], loop: bool = False) -> web.Application:
+    """Presigned-URL storage: /b/<digest>?sig serves the blob, or (loop) redirects to itself."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        seen.append((request.method, request.path_qs, dict(request.headers)))
+        if loop:
+            return web.Response(status=302, headers={"Location": str(request.url)})
+        return web.Response(body=blobs[request.match_info["digest"]])
+
+    app = web.Application()
+    app.router.add_get("/b/{digest}", handle)
+    return app
+
+
+BASIC = {"Authorization": "Basic " + base64.b64encode(b"alice:s3cr3t-pass").decode()}
+
+
+async def _setup(aiohttp_server, make_client, client, registry, *, loop: bool = False, redirect: bool,
+                 location: Callable[[Any, web.Request], str] | None = None) -> dict[str, Any]:
+    ns, name = unique()
+    blob = kpm(unique()[1])
+    resp = await client.post(f"{API}/{ns}/{name}", json=body(blob))
+    assert resp.status == 200, await resp.text()
+    at_registry: list[tuple[str, str, dict[str, str]]] = []
+    at_storage: list[tuple[str, str, dict[str, str]]] = []
+    store = await aiohttp_server(storage({"sha256:" + sha(blob): blob}, at_storage, loop=loop))
+
+    def default(request: web.Request) -> str:
+        return str(store.make_url(f"/b/{request.path.rsplit('/', 1)[1]}")) + "?" + SECRET
+
+    reg = await aiohttp_server(redirecting_registry(
+        registry.url, (lambda r: location(store, r)) if location else default, at_registry))
+    cnr = await make_client(Settings(upstream=str(reg.make_url("")).rstrip("/"), blob_redirect=redirect))
+    return {"ns": ns, "name": name, "blob": blob, "cnr": cnr, "registry": at_registry, "storage": at_storage,
+            "store": store, "reg": reg}
+
+
+@pytest.mark.parametrize("redirect", [False, True])
+async def test_no_credential_reaches_storage_or_the_307(aiohttp_server, make_client, client, registry, redirect):
+    s = await _setup(aiohttp_server, make_client, client, registry, redirect=redirect)
+    resp = await s["cnr"].get(f"{API}/{s['ns']}/{s['name']}/1.0.0/kpm/pull", headers=BASIC, allow_redirects=False)
+    assert any(h.get("Authorization") == BASIC["Authorization"] for _, _, h in s["registry"])  # the registry got them
+    if redirect:
+        assert resp.status == 307
+        location = resp.headers["Location"]
+        assert "alice" not in location and "s3cr3t" not in location and location.endswith(SECRET)
+        assert resp.headers["Cache-Control"] == "no-store"
+        assert s["storage"] == []
+    else:
+        assert resp.status == 200 and await resp.read() == s["blob"]
+        assert len(s["storage"]) == 1
+        assert all("Authorization" not in h for _, _, h in s["storage"])
+
+
+async def test_a_redirect_loop_at_storage_is_a_cnr_error_that_logs_no_presigned_signature(
+        aiohttp_server, make_client, client, registry, caplog):
+    """The storage URL's query is a capability (a presigned signature): an error naming the URL
+    must not carry it into the log."""
+    s = await _setup(aiohttp_server, make_client, client, registry, loop=True, redirect=False)
+    caplog.set_level(logging.INFO)
+    resp = await s["cnr"].get(f"{API}/{s['ns']}/{s['name']}/1.0.0/kpm/pull", headers=BASIC)
+    assert resp.status in (502, 503) and (await resp.json())["error"]["code"].startswith("upstream")
+    assert len(s["storage"]) >= 2  # it did loop
+    assert not [r for r in caplog.records if r.name.startswith("cnr_oci") and "deadbeefcafe" in r.getMessage()]
+
+
+@pytest.mark.parametrize("where", ["ftp://example.invalid/x", "file:///etc/passwd", "javascript:alert(1)",
+                                   "http://", "//", ""])
+async def test_an_unusable_redirect_target_is_a_502_not_a_500_nor_a_307(aiohttp_server, make_client, client,
+                                                                       registry, where):
+    s = await _setup(aiohttp_server, make_client, client, registry, redirect=True,
+                     location=lambda store, r: where)
+    resp = await s["cnr"].get(f"{API}/{s['ns']}/{s['name']}/1.0.0/kpm/pull", headers=BASIC, allow_redirects=False)
+    assert resp.status == 502, (resp.status, await resp.text())
+    assert (await resp.json())["error"]["code"].startswith("upstream")
+
+
+async def test_a_relative_redirect_to_the_registry_itself_in_a_loop_ends_in_a_cnr_error_logging_no_signature(
+        aiohttp_server, make_client, client, registry, caplog):
+    """Same origin: followed as the caller (credentials allowed there), a loop is bounded, and the
+    signed query of the URL it was sent to is in no cnr-oci log line."""
+    caplog.set_level(logging.INFO)
+    s = await _setup(aiohttp_server, make_client, client, registry, redirect=True,
+                     location=lambda store, r: r.path + "?" + SECRET)
+    resp = await s["cnr"].get(f"{API}/{s['ns']}/{s['name']}/1.0.0/kpm/pull", headers=BASIC, allow_redirects=False)
+    assert resp.status in (502, 503), (resp.status, await resp.text())
+    assert len(s["registry"]) < 60
+    assert not [r for r in caplog.records if r.name.startswith("cnr_oci") and "deadbeefcafe" in r.getMessage()]
