@@ -123,7 +123,8 @@ def redirecting_registry(target: str, location: Callable[[web.Request], str],
     return app
 
 
-def storage(blobs: dict[str, bytes], seen: list[tuple[str, str, dict[str, str]]], loop: bool = False) -> web.Application:
+def storage(blobs: dict[str, bytes], seen: list[tuple[str, str, dict[str, str]]],
+            loop: bool = False) -> web.Application:
     """Presigned-URL storage: /b/<digest>?sig serves the blob, or (loop) redirects to itself."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
