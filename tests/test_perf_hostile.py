@@ -249,3 +249,34 @@ def test_a_read_permission_granted_across_a_write_is_not_kept():
     assert not cache.allowed(key)
     cache.grant(key, cache.writes)
     assert cache.allowed(key)
+
+
+# -- --workers ---------------------------------------------------------------------------------
+
+
+def test_workers_refuse_a_port_another_server_listens_on_with_so_reuseport(registry, redis_server, tmp_path):
+    """SO_REUSEPORT lets the workers bind next to any listener of the same user that set it too (another
+    --workers deployment): they would silently split its connections. They must refuse the port."""
+    import socket
+    import subprocess
+    import sys
+
+    from cnr_oci.embedded import free_port
+    from tests.conftest import TEST_SECRET
+
+    port = free_port()
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", port))
+        other.listen()
+        proc = subprocess.Popen([sys.executable, "-m", "cnr_oci", "serve", "--host", "127.0.0.1", "--port", str(port),
+                                 "--upstream", registry.url, "--token-secret", TEST_SECRET, "--data-dir",
+                                 str(tmp_path), "--workers", "2", "--redis-url", redis_server],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            out, _ = proc.communicate(timeout=4)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.communicate(timeout=20)
+        assert proc.returncode == 2 and b"cannot serve on" in out, out[-2000:]
