@@ -280,3 +280,41 @@ def test_workers_refuse_a_port_another_server_listens_on_with_so_reuseport(regis
                 proc.terminate()
                 proc.communicate(timeout=20)
         assert proc.returncode == 2 and b"cannot serve on" in out, out[-2000:]
+
+
+# -- the streamed listing ----------------------------------------------------------------------
+
+
+async def test_a_listing_that_fails_mid_stream_is_cut_never_a_complete_short_list(
+        aiohttp_server, make_client, client, registry):
+    from tests.fake_upstream import make_proxy
+
+    ns = unique()[0]
+    for name in ("a1", "b2", "c3", "d4"):
+        resp = await client.post(f"{API}/{ns}/{name}", json=body(kpm(name)))
+        assert resp.status == 200
+    proxy = await aiohttp_server(make_proxy(registry.url, fail=lambda r: r.path == f"/v2/{ns}/c3/tags/list",
+                                            fail_status=500))
+    cnr = await make_client(Settings(upstream=str(proxy.make_url("")).rstrip("/")))
+    resp = await cnr.get(f"{API}?namespace={ns}")
+    assert resp.status == 200  # the first summaries went out before c3 failed
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+
+
+@pytest.mark.parametrize("query, expect", [("offset=1&limit=2", ["b2", "c3"]), ("offset=4", []), ("limit=0", []),
+                                           ("offset=99999999999999999999", []), ("offset=3&limit=99", ["d4"])])
+async def test_listing_windows_at_the_edges(client, query, expect):
+    ns = unique()[0]
+    for name in ("a1", "b2", "c3", "d4"):
+        resp = await client.post(f"{API}/{ns}/{name}", json=body(kpm(name)))
+        assert resp.status == 200
+    resp = await client.get(f"{API}?namespace={ns}&{query}")
+    assert resp.status == 200, await resp.text()
+    assert [p["name"].split("/")[1] for p in await resp.json()] == expect
+
+
+@pytest.mark.parametrize("query", ["offset=-1", "limit=-1", "limit=x", "offset=" + "9" * 5000, "limit=1.5"])
+async def test_bad_listing_windows_are_422(client, query):
+    resp = await client.get(f"{API}?{query}")
+    assert resp.status == 422, await resp.text()
