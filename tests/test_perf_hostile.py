@@ -318,3 +318,35 @@ async def test_listing_windows_at_the_edges(client, query, expect):
 async def test_bad_listing_windows_are_422(client, query):
     resp = await client.get(f"{API}?{query}")
     assert resp.status == 422, await resp.text()
+
+
+# -- the blob cache against identities ----------------------------------------------------------
+
+
+async def test_concurrent_cold_gets_of_several_identities_each_get_the_registrys_answer(token_client, tokens,
+                                                                                        monkeypatch):
+    """alice's in-flight GET is shared with nobody else: carol (403), a wrong password (401), nobody (401),
+    each asking at the same time, get their own refusal, and no byte of the blob."""
+    from tests.test_blob_cache import package, push, record_upstream
+    from tests.token_server import basic
+
+    name = f"a{unique()[0]}/x"
+    blob = package()
+    await push(token_client, name, blob, **basic("admin"))
+    record_upstream(token_client, monkeypatch, delay=0.2)
+    who = [("alice", basic("alice"), 200), ("carol", basic("carol"), 403),
+           ("wrong", basic("alice", "not-her-password"), 401), ("nobody", {}, 401)]
+
+    async def get(headers: dict[str, str], path: str) -> tuple[int, bytes]:
+        resp = await token_client.get(path, headers=headers)
+        return resp.status, await resp.read()
+
+    for path in (f"{API}/{name}/1.0.0/kpm/pull", f"{API}/{name}/blobs/sha256/{sha(blob)}",
+                 f"{API}/{name}/blobs/sha256/{sha(blob)}?format=json"):
+        answers = await asyncio.gather(*(get(h, path) for _, h, _ in who))
+        for (label, _, status), (got, data) in zip(who, answers, strict=True):
+            assert got == status, (label, path, got, data[:200])
+            if status != 200:
+                assert blob not in data and b'"blob"' not in data
+    for label, headers, _ in who:  # no HEAD on a blob route: no existence answer apart from the GET's
+        assert (await token_client.head(f"{API}/{name}/1.0.0/kpm/pull", headers=headers)).status == 405, label
