@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from cnr_oci import appkeys
 from cnr_oci.settings import Settings
 from tests.fake_upstream import HOP, SESSION
 from tests.helpers import body, kpm, sha, unique
@@ -350,3 +351,33 @@ async def test_concurrent_cold_gets_of_several_identities_each_get_the_registrys
                 assert blob not in data and b'"blob"' not in data
     for label, headers, _ in who:  # no HEAD on a blob route: no existence answer apart from the GET's
         assert (await token_client.head(f"{API}/{name}/1.0.0/kpm/pull", headers=headers)).status == 405, label
+
+
+@pytest.mark.parametrize("claim", [-10, +10, -1])
+async def test_a_body_shorter_or_longer_than_its_content_length_never_enters_the_cache(make_client, claim):
+    """The registry claims a Content-Length other than the blob's bytes: a CNR 5xx, nothing cached, and the
+    next GET (a correct answer) is served whole."""
+    from tests.fake_upstream import RawServer, http_answer
+
+    blob = kpm(unique()[1])
+    digest = "sha256:" + sha(blob)
+    lying = [True]
+
+    def answer(method: str, target: str) -> bytes:
+        if "/blobs/" not in target:
+            return http_answer(404, b'{"errors": [{"code": "NAME_UNKNOWN", "message": "x"}]}')
+        if lying[0]:
+            return http_answer(200, blob, "application/octet-stream", length=len(blob) + claim)
+        return http_answer(200, blob, "application/octet-stream")
+
+    raw = RawServer(answer)
+    try:
+        cnr = await make_client(Settings(upstream=await raw.start()))
+        resp = await cnr.get(f"{API}/ns/app/blobs/sha256/{sha(blob)}")
+        assert resp.status in (502, 503), (resp.status, await resp.text())
+        assert digest not in cnr.app[appkeys.STORE].read.blobs
+        lying[0] = False
+        resp = await cnr.get(f"{API}/ns/app/blobs/sha256/{sha(blob)}")
+        assert resp.status == 200 and await resp.read() == blob
+    finally:
+        await raw.close()
