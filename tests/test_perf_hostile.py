@@ -381,3 +381,40 @@ async def test_a_body_shorter_or_longer_than_its_content_length_never_enters_the
         assert resp.status == 200 and await resp.read() == blob
     finally:
         await raw.close()
+
+
+def test_a_worker_killed_stops_the_others_and_the_parent_exits_non_zero(registry, redis_server, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from cnr_oci.embedded import free_port
+    from tests import helpers
+    from tests.conftest import TEST_SECRET
+
+    port, log_path = free_port(), tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "cnr_oci", "serve", "--port", str(port), "--upstream",
+                                 registry.url, "--token-secret", TEST_SECRET, "--data-dir", str(tmp_path),
+                                 "--workers", "2", "--redis-url", redis_server], stdout=log, stderr=log)
+    try:
+        helpers.wait_served(proc, port, log_path)
+        deadline = time.monotonic() + 10
+        while True:
+            children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+            workers = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+            if len(workers) == 2:
+                break
+            assert time.monotonic() < deadline, children
+            time.sleep(0.05)
+        os.kill(workers[0], signal.SIGKILL)
+        assert proc.wait(20) == 1, log_path.read_text()[-2000:]
+        assert "exited with code -9: stopping the others" in log_path.read_text()
+        assert not Path(f"/proc/{workers[1]}").exists() or "State:\tZ" in Path(f"/proc/{workers[1]}/status").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
