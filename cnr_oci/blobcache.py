@@ -65,6 +65,18 @@ class CachedBlob:
 Blob = BlobStream | CachedBlob
 
 
+class _Writes(TTLCache[str, int]):
+    """The write count at each repository's last forget, for the TTL; ``floor``: the highest count
+    evicted for room, standing in for the repositories it no longer holds."""
+
+    floor = 0
+
+    def popitem(self) -> tuple[str, int]:
+        repo, count = super().popitem()
+        self.floor = max(self.floor, count)
+        return repo, count
+
+
 class BlobCache:
     """Blobs of at most ``max_blob`` bytes, in an LRU of ``size`` bytes (0: no cache), and the
     (identity, repository, digest) reads the registry allowed, for ``ttl`` seconds."""
@@ -74,7 +86,11 @@ class BlobCache:
         self.client = client
         self.max_blob = max_blob if size > 0 else -1
         self._bytes: LRUCache[str, bytes] = LRUCache(max(size, 1), getsizeof=len)
-        self._allowed: TTLCache[tuple[str, str, str], bool] = TTLCache(ALLOWED_ENTRIES, max(ttl, 0.0))
+        # (identity, repo, digest) allowed, with the write count when the registry was asked.
+        self._allowed: TTLCache[tuple[str, str, str], int] = TTLCache(ALLOWED_ENTRIES, max(ttl, 0.0))
+        self.writes = 0
+        # Kept past the TTL: a grant asked before a write may be stored a request's time after it.
+        self._written = _Writes(ALLOWED_ENTRIES, max(ttl, 0.0) + 600.0)
         self._heads: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
         self._gets: dict[tuple[str, str, str], asyncio.Future[bytes | None]] = {}
 
@@ -87,9 +103,18 @@ class BlobCache:
         return digest in self._bytes
 
     def forget(self, repo: str, tag: str | None = None) -> None:
-        """A write to the repository: read permissions in it are asked again."""
-        for key in [k for k in list(self._allowed.keys()) if k[1] == repo]:
-            self._allowed.pop(key, None)
+        """A write to the repository: read permissions in it are asked again (O(1): the grants
+        asked before it are older than its count)."""
+        self.writes += 1
+        self._written[repo] = self.writes
+
+    def grant(self, key: tuple[str, str, str], asked: int) -> None:
+        """The registry let key's identity read in key's repository, asked at write count ``asked``."""
+        self._allowed[key] = asked
+
+    def allowed(self, key: tuple[str, str, str]) -> bool:
+        asked = self._allowed.get(key)
+        return asked is not None and asked >= self._written.get(key[1], self._written.floor)
 
     async def open(self, repo: str, digest: str) -> Blob:
         """The blob, from memory when it is there and the registry lets this identity read it in repo.
@@ -100,9 +125,8 @@ class BlobCache:
         key = (identity_key(), repo, digest)
         data = self._bytes.get(digest) if self.max_blob >= 0 else None
         if data is not None:
-            if key not in self._allowed:
-                await once(self._heads, key, lambda: self._confirm(repo, digest))
-                self._allowed[key] = True
+            if not self.allowed(key):
+                self.grant(key, await once(self._heads, key, lambda: self._confirm(repo, digest)))
             return CachedBlob(digest, data)
         if self.max_blob < 0:
             return await self.client.open_blob(repo, digest)
@@ -114,9 +138,12 @@ class BlobCache:
             return await self.client.open_blob(repo, digest)  # too large to share, or that fetch failed
         return await self._fetch(key, repo, digest)
 
-    async def _confirm(self, repo: str, digest: str) -> None:
+    async def _confirm(self, repo: str, digest: str) -> int:
+        """The write count when the registry was asked, once it said yes."""
+        asked = self.writes
         if not await self.client.blob_exists(repo, digest):
             raise upstream.NotFound(f"blob {repo}@{digest} not found", 404)
+        return asked
 
     async def _fetch(self, key: tuple[str, str, str], repo: str, digest: str) -> Blob:
         """GET the blob as the caller; a small one is read whole, verified, kept and shared with
@@ -125,6 +152,7 @@ class BlobCache:
         flight.add_done_callback(lambda f: f.cancelled() or f.exception())  # no "never retrieved"
         self._gets[key] = flight
         data: bytes | None = None
+        asked = self.writes
         try:
             stream = await self.client.open_blob(repo, digest)
             if stream.size is None or stream.size > self.max_blob:
@@ -134,7 +162,7 @@ class BlobCache:
             finally:
                 stream.close()
             await self._keep(digest, data)
-            self._allowed[key] = True
+            self.grant(key, asked)
             return CachedBlob(digest, data)
         except upstream.RegistryError as exc:
             flight.set_exception(exc)

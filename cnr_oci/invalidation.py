@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "cnr-oci:forget"
 QUEUE = 10_000  # forgets waiting to be published; past it they are dropped (the TTL still holds)
+# A message names one repository (<= 255 characters) and tag (<= 128): a longer one is not ours, and
+# is dropped unparsed (its repository would be kept as a key in the caches' write counters).
+MAX_MESSAGE = 4096
 
 
 class Invalidation:
@@ -63,11 +66,13 @@ class Invalidation:
     def apply(self, data: bytes | str) -> bool:
         """Drop what another replica's message names; False for our own, or a malformed one."""
         try:
+            if len(data) > MAX_MESSAGE:
+                raise ValueError("too long")
             msg = json.loads(data)
             sender, repo, tag = msg["from"], msg["repo"], msg["tag"]
             if not isinstance(repo, str) or not (tag is None or isinstance(tag, str)):
                 raise ValueError("repo and tag must be strings")
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: deep nesting
             log.warning("ignored a malformed message on %s: %s", self.channel, type(exc).__name__)
             return False
         if sender == self.replica:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -219,11 +220,17 @@ def parse_json(raw: bytes) -> tuple[bool, Any]:
 BROKEN = (aiohttp.ClientError, asyncio.TimeoutError, OSError, TokenUnavailable, InvalidResponse)
 
 
+# A URL's query in an error's text: a redirect target's may be a presigned URL's signature.
+_QUERY = re.compile(r"(://[^\s'\"?#]*)\?[^\s'\"#]*")
+
+
 def broken(exc: BaseException, what: str) -> RegistryError:
-    """The error for an attempt that failed without a usable answer."""
+    """The error for an attempt that failed without a usable answer (URLs in it without their query:
+    aiohttp names the URL it was at, which may be a presigned storage URL, a capability)."""
     if isinstance(exc, RegistryError):
         return exc
+    text = _QUERY.sub(r"\1?<query withheld>", str(exc))
     if isinstance(exc, (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError, TokenUnavailable)):
-        return RegistryUnavailable(f"{what}: {type(exc).__name__}: {exc}")
+        return RegistryUnavailable(f"{what}: {type(exc).__name__}: {text}")
     # A truncated body, a malformed status line or header, a bad chunk: the answer was garbage.
-    return InvalidResponse(f"{what}: broken answer: {type(exc).__name__}: {exc}")
+    return InvalidResponse(f"{what}: broken answer: {type(exc).__name__}: {text}")

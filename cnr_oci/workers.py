@@ -18,6 +18,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -35,8 +36,22 @@ STOP_WAIT = 75.0  # aiohttp's graceful shutdown is 60 s
 
 def run(settings: Settings, limits: server.Limits) -> int:
     """Serve with ``settings.workers`` processes until SIGTERM/SIGINT; the exit code."""
+    _check_port(settings.host, settings.port)
     load_secret(settings.token_secret, settings.data_dir)  # created once, not raced by the workers
     return asyncio.run(_supervise(settings, limits))
+
+
+def _check_port(host: str, port: int) -> None:
+    """OSError when another process listens on the port. The workers bind with SO_REUSEPORT, which
+    would let them join another server's listening sockets (another --workers deployment of the same
+    user, on another upstream, say) and split its connections with it; a bind without it fails there."""
+    for family, kind, proto, _, addr in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                           flags=socket.AI_PASSIVE):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio does: TIME_WAIT is no owner
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind(addr)
 
 
 async def _supervise(settings: Settings, limits: server.Limits) -> int:
