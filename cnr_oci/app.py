@@ -112,11 +112,17 @@ async def open_backend(settings: Settings, upstream: str, metrics: Metrics) -> A
         bus: Any = None
         if settings.redis_url:
             from redis.asyncio import from_url
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+            from redis.exceptions import ConnectionError as RedisConnectionError
 
-            redis = from_url(settings.redis_url)
+            # A pooled connection left dead by a Redis restart fails its next command: that command is
+            # sent once more on a fresh connection (else the first lock or publish after an outage failed).
+            again = {"retry": Retry(NoBackoff(), 1), "retry_on_error": [RedisConnectionError]}
+            redis = from_url(settings.redis_url, **again)
             # Pub/sub on a pool of its own: a subscriber connection broken by an outage, back in a
             # shared pool, failed the first lock taken after Redis returned.
-            bus = from_url(settings.redis_url, socket_keepalive=True)
+            bus = from_url(settings.redis_url, socket_keepalive=True, **again)
         invalidation: Invalidation | None = None
         try:
             store = Store(client, settings.repository_prefix, cache_ttl=settings.cache_ttl,

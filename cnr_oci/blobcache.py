@@ -84,7 +84,7 @@ class BlobCache:
     def __init__(self, client: oci.OciClient, *, size: int = DEFAULT_SIZE, max_blob: int = DEFAULT_MAX,
                  ttl: float = 5.0) -> None:
         self.client = client
-        self.max_blob = max_blob if size > 0 else -1
+        self.max_blob = min(max_blob, size) if size > 0 else -1  # a blob larger than the cache: streamed
         self._bytes: LRUCache[str, bytes] = LRUCache(max(size, 1), getsizeof=len)
         # (identity, repo, digest) allowed, with the write count when the registry was asked.
         self._allowed: TTLCache[tuple[str, str, str], int] = TTLCache(ALLOWED_ENTRIES, max(ttl, 0.0))

@@ -291,3 +291,13 @@ async def test_wrong_bytes_never_enter_the_cache_and_concurrent_misses_share_the
     assert "sha256:" + sha(blob) not in cache_of(bad) and cache_of(bad).held == 0
     assert await get() == (502, "upstream-unavailable")  # asked again: the error was not kept either
     assert len(blob_gets(calls)) == 2
+
+
+def test_a_blob_cache_max_above_the_cache_size_is_capped_at_it():
+    """Else every blob up to the max was read whole into memory before its first byte went out, and then
+    not kept (it does not fit): a new user measured 0.36 s to first byte for 20 MiB instead of 0.02 s."""
+    from cnr_oci.blobcache import BlobCache
+
+    assert BlobCache(None, size=1 << 20, max_blob=2 << 30).max_blob == 1 << 20  # type: ignore[arg-type]
+    assert BlobCache(None, size=256 << 20, max_blob=1 << 20).max_blob == 1 << 20  # type: ignore[arg-type]
+    assert BlobCache(None, size=0, max_blob=1 << 20).max_blob == -1  # type: ignore[arg-type]

@@ -219,6 +219,28 @@ async def test_with_redis_stopped_reads_work_and_invalidation_resumes_when_it_is
         assert await force_push_seen(session, a, b)
 
 
+async def test_the_first_write_after_a_redis_restart_succeeds_and_reaches_the_other_replica(registry, own_redis,
+                                                                                           tmp_path):
+    """Pooled connections left dead by the restart are retried once on a fresh one: the first lock and the
+    first publish after Redis is back do not fail (a new user saw a 503, then a lost invalidation)."""
+    url = own_redis(True)
+    async with replicas(registry, url, tmp_path) as (session, a, b):
+        repo = "/".join(unique())
+        old, new = kpm(extra=b"before"), kpm(extra=b"after")
+        async with session.post(f"{a}{API}/{repo}", json=body(old)) as r:
+            assert r.status == 200
+        assert await get(session, f"{b}{API}/{repo}/1.0.0/kpm/pull") == (200, old)  # cached on B
+        own_redis(False)
+        own_redis(True)
+        await wait_subscribers(url, 2)
+        async with session.post(f"{a}{API}/{repo}?force=true", json=body(new)) as r:
+            assert r.status == 200, await r.text()
+        async def b_sees_new() -> bool:
+            return await get(session, f"{b}{API}/{repo}/1.0.0/kpm/pull") == (200, new)
+
+        await eventually(b_sees_new)
+
+
 async def test_one_write_is_published_once_applied_by_the_others_and_never_echoed(redis_server):
     """Own messages are ignored, and a forget applied from another replica is not published again
     (else two replicas would bounce one message forever)."""
