@@ -1,0 +1,69 @@
+"""Hostile input to the package browser: copy-ready commands, redirects, cookies, chart bombs."""
+
+from __future__ import annotations
+
+import html
+import re
+import shlex
+import urllib.parse
+
+import pytest
+
+from cnr_oci.settings import Settings
+from tests.conftest import start_htpasswd_registry
+from tests.helpers import body, tarball, unique
+from tests.test_ui import HTML, USERS, _csrf
+
+API = "/cnr/api/v1/packages"
+
+
+@pytest.fixture(scope="module")
+def htpasswd_registry(tmp_path_factory):
+    reg = start_htpasswd_registry(tmp_path_factory.mktemp("ui-hostile"), USERS)
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+async def auth_client(make_client, htpasswd_registry):
+    return await make_client(Settings(upstream=htpasswd_registry.url))
+
+
+def _commands(text: str) -> dict[str, str]:
+    return {m.group(1): html.unescape(m.group(2)) for m in
+            re.finditer(r'data-client="([^"]+)" type="text" readonly value="([^"]*)"', text)}
+
+
+async def test_a_chart_name_with_shell_syntax_is_quoted_in_the_copy_ready_commands(client):
+    ns, name = unique()
+    evil = "x$(id);touch pwned"
+    yaml = f"apiVersion: v2\nname: '{evil}'\nversion: 1.0.0\n".encode()
+    pushed = await client.post(f"{API}/{ns}/{name}", json=body(tarball({"x/Chart.yaml": yaml}), media_type="helm"))
+    assert pushed.status == 200, await pushed.text()
+    text = await (await client.get(f"/ui/packages/{ns}/{name}/1.0.0/helm", headers=HTML)).text()
+    cmds = _commands(text)
+    assert cmds, text[:2000]
+    assert "helm (repository)" in cmds
+    for label, cmd in cmds.items():
+        # What a shell makes of the pasted line: plain words, no command substitution, no second command.
+        stripped = cmd
+        for quoted in (shlex.quote(f"{ns}/{evil}"), shlex.quote(evil)):
+            stripped = stripped.replace(quoted, "ARG")
+        assert "$(" not in stripped and ";" not in stripped, (label, cmd)
+        assert shlex.split(cmd.split(" && ")[-1])[0] in ("curl", "appr", "helm", "oras"), (label, cmd)
+
+
+async def _login(c, next_: str):
+    token = _csrf(await (await c.get("/ui/login", headers=HTML)).text())
+    return await c.post("/ui/login", data={"csrf": token, "username": "alice", "password": USERS["alice"],
+                                           "next": next_}, allow_redirects=False)
+
+
+async def test_next_never_leaves_the_site_even_with_tabs_or_newlines(auth_client):
+    for next_ in ("/\t/evil.example/", "/\n/evil.example/", "/\r/evil.example", "/ /evil.example",
+                  "/%09/evil.example", "/\x0b/evil.example"):
+        resp = await _login(auth_client, next_)
+        assert resp.status == 303, (next_, resp.status)
+        loc = resp.headers["Location"]
+        cleaned = loc.replace("\t", "").replace("\n", "").replace("\r", "")
+        assert urllib.parse.urlsplit(cleaned).netloc == "" and not cleaned.startswith("//"), (next_, loc)
