@@ -12,6 +12,7 @@ import asyncio
 import collections
 import html
 import json
+import shlex
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -171,19 +172,22 @@ async def _chart(store: Store, pkg: Package, digest: str, size: Any) -> ChartFil
 
 def commands(request: web.Request, pkg: Package, release: str, media_type: str, chart_name: str | None,
              user: str | None) -> list[tuple[str, str]]:
-    """Copy-ready commands that fetch this release, by client."""
+    """Copy-ready commands that fetch this release, by client; every word shell-quoted (a chart's name,
+    the Host header and the user name are the caller's or a pusher's text, pasted into a shell)."""
+    q = shlex.quote
     base = _base(request)
     url = f"{base}/cnr/api/v1/packages/{pkg.full}/{release}/{media_type}/pull"
-    auth = f" -u {user}" if user else ""
-    cmds = [("curl", f"curl -fsSL{auth} -o {mapping.filename(pkg, release)} {url}"),
-            ("appr", f"appr pull {base}/{pkg.full}@{release} -t {media_type} --tarball")]
+    auth = f" -u {q(user)}" if user else ""
+    cmds = [("curl", f"curl -fsSL{auth} -o {q(mapping.filename(pkg, release))} {q(url)}"),
+            ("appr", f"appr pull {q(f'{base}/{pkg.full}@{release}')} -t {q(media_type)} --tarball")]
     reg = request.config_dict[appkeys.UPSTREAM].split("://", 1)[-1].rstrip("/")
     repo = pkg.repository(request.config_dict[appkeys.SETTINGS].repository_prefix.strip("/"))
     if media_type == "helm":
-        cmds.append(("helm (OCI)", f"helm pull oci://{reg}/{repo} --version {release}"))
-        cmds.append(("helm (repository)", f"helm repo add {pkg.namespace} {base}/helm/{pkg.namespace} && "
-                                          f"helm pull {pkg.namespace}/{chart_name or pkg.name} --version {release}"))
-    cmds.append(("oras", f"oras pull {reg}/{repo}:{mapping.release_to_tag(release)}"))
+        cmds.append(("helm (OCI)", f"helm pull {q(f'oci://{reg}/{repo}')} --version {q(release)}"))
+        cmds.append(("helm (repository)", f"helm repo add {q(pkg.namespace)} {q(f'{base}/helm/{pkg.namespace}')} && "
+                                          f"helm pull {q(f'{pkg.namespace}/{chart_name or pkg.name}')} "
+                                          f"--version {q(release)}"))
+    cmds.append(("oras", f"oras pull {q(f'{reg}/{repo}:{mapping.release_to_tag(release)}')}"))
     return cmds
 
 
