@@ -67,3 +67,19 @@ async def test_next_never_leaves_the_site_even_with_tabs_or_newlines(auth_client
         loc = resp.headers["Location"]
         cleaned = loc.replace("\t", "").replace("\n", "").replace("\r", "")
         assert urllib.parse.urlsplit(cleaned).netloc == "" and not cleaned.startswith("//"), (next_, loc)
+
+
+async def test_a_release_page_renders_a_chart_once_however_often_it_is_viewed(client, monkeypatch):
+    """A README of 256 KiB of '![' costs seconds of markdown-it in a thread: views after the first reuse it."""
+    from cnr_oci import ui
+    ns, name = unique()
+    blob = tarball({f"{name}/Chart.yaml": f"apiVersion: v2\nname: {name}\nversion: 1.0.0\n".encode(),
+                    f"{name}/README.md": b"![" * 2000})
+    assert (await client.post(f"{API}/{ns}/{name}", json=body(blob, media_type="helm"))).status == 200
+    calls = []
+    real = ui.read_chart
+    monkeypatch.setattr(ui, "read_chart", lambda data: calls.append(1) or real(data))
+    for _ in range(3):
+        resp = await client.get(f"/ui/packages/{ns}/{name}/1.0.0/helm", headers=HTML)
+        assert resp.status == 200 and "README" in await resp.text()
+    assert len(calls) == 1
