@@ -20,9 +20,10 @@ from typing import Any
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
+from cachetools import LRUCache
 
 from cnr_oci import appkeys, errors, mapping, translate, uisession, upstream
-from cnr_oci.auth import IDENTITY
+from cnr_oci.auth import IDENTITY, identity_key
 from cnr_oci.chartfiles import MAX_CHART_BLOB, ChartFiles, read_chart
 from cnr_oci.mapping import Package
 from cnr_oci.store import Store
@@ -152,7 +153,23 @@ async def package(request: web.Request) -> web.StreamResponse:
     return render(request, "package.html", {"title": pkg.full, "pkg": pkg, "rows": rows, "channels": channels})
 
 
+# Charts already read, by blob digest (content-addressed: the same bytes give the same page parts). A hostile
+# README costs seconds of markdown-it; it is paid once, not on every view. The caller still had to read the
+# release's manifest (Store.show) before its digest is looked up here.
+_CHARTS: LRUCache[str, ChartFiles] = LRUCache(maxsize=32)
+
+
 async def _chart(store: Store, pkg: Package, digest: str, size: Any) -> ChartFiles:
+    """The chart's files, read once per digest (single flight, then the LRU)."""
+    found = _CHARTS.get(digest)
+    if found is None:
+        found = await store.read.once(("chart", identity_key(), store.read.repo(pkg), digest),
+                                      lambda: _read_chart(store, pkg, digest, size))
+        _CHARTS[digest] = found
+    return found
+
+
+async def _read_chart(store: Store, pkg: Package, digest: str, size: Any) -> ChartFiles:
     """The chart's files, from a blob of bounded size read through the read model (as the caller)."""
     if isinstance(size, int) and size > MAX_CHART_BLOB:
         return ChartFiles(problem=f"the chart is larger than {MAX_CHART_BLOB} bytes: not opened here")
