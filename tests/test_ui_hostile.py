@@ -10,6 +10,7 @@ import urllib.parse
 import pytest
 
 from cnr_oci.settings import Settings
+from cnr_oci.uisession import SESSION_COOKIE
 from tests.conftest import start_htpasswd_registry
 from tests.helpers import body, tarball, unique
 from tests.test_ui import HTML, USERS, _csrf
@@ -83,3 +84,13 @@ async def test_a_release_page_renders_a_chart_once_however_often_it_is_viewed(cl
         resp = await client.get(f"/ui/packages/{ns}/{name}/1.0.0/helm", headers=HTML)
         assert resp.status == 200 and "README" in await resp.text()
     assert len(calls) == 1
+
+
+async def test_a_dead_cookie_does_not_show_the_service_account_as_the_signed_in_user(make_client, htpasswd_registry):
+    """With --anonymous-read, a tampered or expired cookie reads as the service account: the page must not
+    say 'Signed in as' that account, nor put its name in the copy-ready commands."""
+    c = await make_client(Settings(upstream=htpasswd_registry.url, registry_username="bob",
+                                   registry_password=USERS["bob"], anonymous_read=True))
+    c.session.cookie_jar.update_cookies({SESSION_COOKIE: "cnroci1.garbage"}, c.make_url("/"))
+    text = await (await c.get("/ui/", headers=HTML)).text()
+    assert "Signed in as" not in text and "<strong>bob</strong>" not in text
