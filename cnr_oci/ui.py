@@ -53,7 +53,9 @@ def _user(request: web.Request) -> str | None:
     """Who the page is read as, when the caller said (a header or the cookie), not the service account."""
     ident = IDENTITY.get()
     said = "Authorization" in request.headers or uisession.logged_in(request)
-    return ident.username if ident is not None and said else None
+    # A dead cookie (tampered, expired) is anonymous, and --anonymous-read then lends the service account.
+    service = request.config_dict.get(appkeys.SERVICE_CREDENTIALS)
+    return ident.username if ident is not None and said and ident is not service else None
 
 
 def render(request: web.Request, template: str, context: dict[str, Any], status: int = 200) -> web.Response:
