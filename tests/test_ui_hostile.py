@@ -94,3 +94,11 @@ async def test_a_dead_cookie_does_not_show_the_service_account_as_the_signed_in_
     c.session.cookie_jar.update_cookies({SESSION_COOKIE: "cnroci1.garbage"}, c.make_url("/"))
     text = await (await c.get("/ui/", headers=HTML)).text()
     assert "Signed in as" not in text and "<strong>bob</strong>" not in text
+
+
+async def test_the_root_says_it_varies_by_accept(client):
+    """/ is the home page for browsers and the discovery page for clients: a cache must key it by Accept, or
+    a shared cache hands the discovery page it stored to a browser (and the other way round)."""
+    for headers in (HTML, {}):
+        resp = await client.get("/", headers=headers)
+        assert "accept" in [v.strip().lower() for v in resp.headers.get("Vary", "").split(",")], headers
