@@ -107,8 +107,10 @@ def wants_html(request: web.Request) -> bool:
 async def index(request: web.Request) -> web.StreamResponse:
     """/ and /cnr: the home page for browsers, the discovery page (same meta tag) for clients."""
     if wants_html(request):
-        return await home(request)
-    return web.Response(text=discovery_page(request), content_type="text/html")
+        resp = await home(request)
+        resp.headers["Vary"] = HEADERS["Vary"] + ", Accept"
+        return resp
+    return web.Response(text=discovery_page(request), content_type="text/html", headers={"Vary": "Accept"})
 
 
 # -- pages -------------------------------------------------------------------------------------------
