@@ -12,6 +12,7 @@ import asyncio
 import collections
 import html
 import json
+import shlex
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ from typing import Any
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
+from cachetools import LRUCache
 
 from cnr_oci import appkeys, errors, mapping, translate, uisession, upstream
-from cnr_oci.auth import IDENTITY
+from cnr_oci.auth import IDENTITY, identity_key
 from cnr_oci.chartfiles import MAX_CHART_BLOB, ChartFiles, read_chart
 from cnr_oci.mapping import Package
 from cnr_oci.store import Store
@@ -51,7 +53,9 @@ def _user(request: web.Request) -> str | None:
     """Who the page is read as, when the caller said (a header or the cookie), not the service account."""
     ident = IDENTITY.get()
     said = "Authorization" in request.headers or uisession.logged_in(request)
-    return ident.username if ident is not None and said else None
+    # A dead cookie (tampered, expired) is anonymous, and --anonymous-read then lends the service account.
+    service = request.config_dict.get(appkeys.SERVICE_CREDENTIALS)
+    return ident.username if ident is not None and said and ident is not service else None
 
 
 def render(request: web.Request, template: str, context: dict[str, Any], status: int = 200) -> web.Response:
@@ -103,8 +107,10 @@ def wants_html(request: web.Request) -> bool:
 async def index(request: web.Request) -> web.StreamResponse:
     """/ and /cnr: the home page for browsers, the discovery page (same meta tag) for clients."""
     if wants_html(request):
-        return await home(request)
-    return web.Response(text=discovery_page(request), content_type="text/html")
+        resp = await home(request)
+        resp.headers["Vary"] = HEADERS["Vary"] + ", Accept"
+        return resp
+    return web.Response(text=discovery_page(request), content_type="text/html", headers={"Vary": "Accept"})
 
 
 # -- pages -------------------------------------------------------------------------------------------
@@ -151,7 +157,23 @@ async def package(request: web.Request) -> web.StreamResponse:
     return render(request, "package.html", {"title": pkg.full, "pkg": pkg, "rows": rows, "channels": channels})
 
 
+# Charts already read, by blob digest (content-addressed: the same bytes give the same page parts). A hostile
+# README costs seconds of markdown-it; it is paid once, not on every view. The caller still had to read the
+# release's manifest (Store.show) before its digest is looked up here.
+_CHARTS: LRUCache[str, ChartFiles] = LRUCache(maxsize=32)
+
+
 async def _chart(store: Store, pkg: Package, digest: str, size: Any) -> ChartFiles:
+    """The chart's files, read once per digest (single flight, then the LRU)."""
+    found = _CHARTS.get(digest)
+    if found is None:
+        found = await store.read.once(("chart", identity_key(), store.read.repo(pkg), digest),
+                                      lambda: _read_chart(store, pkg, digest, size))
+        _CHARTS[digest] = found
+    return found
+
+
+async def _read_chart(store: Store, pkg: Package, digest: str, size: Any) -> ChartFiles:
     """The chart's files, from a blob of bounded size read through the read model (as the caller)."""
     if isinstance(size, int) and size > MAX_CHART_BLOB:
         return ChartFiles(problem=f"the chart is larger than {MAX_CHART_BLOB} bytes: not opened here")
@@ -171,19 +193,22 @@ async def _chart(store: Store, pkg: Package, digest: str, size: Any) -> ChartFil
 
 def commands(request: web.Request, pkg: Package, release: str, media_type: str, chart_name: str | None,
              user: str | None) -> list[tuple[str, str]]:
-    """Copy-ready commands that fetch this release, by client."""
+    """Copy-ready commands that fetch this release, by client; every word shell-quoted (a chart's name,
+    the Host header and the user name are the caller's or a pusher's text, pasted into a shell)."""
+    q = shlex.quote
     base = _base(request)
     url = f"{base}/cnr/api/v1/packages/{pkg.full}/{release}/{media_type}/pull"
-    auth = f" -u {user}" if user else ""
-    cmds = [("curl", f"curl -fsSL{auth} -o {mapping.filename(pkg, release)} {url}"),
-            ("appr", f"appr pull {base}/{pkg.full}@{release} -t {media_type} --tarball")]
+    auth = f" -u {q(user)}" if user else ""
+    cmds = [("curl", f"curl -fsSL{auth} -o {q(mapping.filename(pkg, release))} {q(url)}"),
+            ("appr", f"appr pull {q(f'{base}/{pkg.full}@{release}')} -t {q(media_type)} --tarball")]
     reg = request.config_dict[appkeys.UPSTREAM].split("://", 1)[-1].rstrip("/")
     repo = pkg.repository(request.config_dict[appkeys.SETTINGS].repository_prefix.strip("/"))
     if media_type == "helm":
-        cmds.append(("helm (OCI)", f"helm pull oci://{reg}/{repo} --version {release}"))
-        cmds.append(("helm (repository)", f"helm repo add {pkg.namespace} {base}/helm/{pkg.namespace} && "
-                                          f"helm pull {pkg.namespace}/{chart_name or pkg.name} --version {release}"))
-    cmds.append(("oras", f"oras pull {reg}/{repo}:{mapping.release_to_tag(release)}"))
+        cmds.append(("helm (OCI)", f"helm pull {q(f'oci://{reg}/{repo}')} --version {q(release)}"))
+        cmds.append(("helm (repository)", f"helm repo add {q(pkg.namespace)} {q(f'{base}/helm/{pkg.namespace}')} && "
+                                          f"helm pull {q(f'{pkg.namespace}/{chart_name or pkg.name}')} "
+                                          f"--version {q(release)}"))
+    cmds.append(("oras", f"oras pull {q(f'{reg}/{repo}:{mapping.release_to_tag(release)}')}"))
     return cmds
 
 

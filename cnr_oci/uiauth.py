@@ -16,8 +16,10 @@ from cnr_oci.auth import IDENTITY, Credentials
 
 
 def _next(value: str | None) -> str:
-    """Where to go after logging in or out: a path of the browser only, never another site."""
-    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+    """Where to go after logging in or out: a path of the browser only, never another site. Browsers drop
+    tabs and newlines from a URL (a tab between two slashes makes "//evil"): no control character is taken."""
+    if (value and value.startswith("/") and not value.startswith("//") and "\\" not in value
+            and not any(c <= " " or c == "\x7f" for c in value) and not urllib.parse.urlsplit(value).netloc):
         return value
     return "/ui/"
 
