@@ -18,7 +18,8 @@ DESCRIPTION = """cnr-oci speaks the CNR / appr app-registry API and stores every
 * The CNR API is served twice: under `/cnr` (the prefix `/.well-known/app-registry-uri.json` announces) and
   at the root (the two `servers`). Every CNR path is also answered with a trailing slash.
 * The operational routes, the OpenAPI document and the helm repository are served at the root only.
-* Every GET also answers HEAD (same status and headers, no body), except E12 and E13 (blobs): 405.
+* HEAD: `/`, the operational, helm, ChartMuseum and UI routes answer it as GET (no body); the other CNR
+  routes answer 405 (`Allow: GET`).
 * Credentials: `Authorization: Basic ...`, or the token `POST /api/v1/users/login` returns (sent bare, as
   appr sends it, or as `Bearer`). Each registry request is made as the caller: the registry decides.
 * CNR errors are `{"code", "message", "details", "error": {"code", "message", "details"}}` (flat for
@@ -42,7 +43,7 @@ WHY = {
     502: "The registry answered something that is not a valid answer.",
     503: "The registry (or the lock store) is unavailable, or too many pushes are in progress (`Retry-After`).",
 }
-READ = (400, 401, 403, 404, 415, 422, 500, 501, 502, 503)
+READ = (400, 401, 403, 404, 405, 415, 422, 500, 501, 502, 503)
 WRITE = (*READ, 408, 409, 413)
 
 
@@ -130,16 +131,16 @@ def _cnr_paths() -> J:
         PKG + "/{release}/{media_type}/pull": {"parameters": rel, "get": _op(
             "pull", "E12: the package's .tar.gz", {200: TARBALL | {"content": BINARY | {
                 "application/json": pull_json["content"]["application/json"]}}, 307: REDIRECT},
-            (*READ, 405), parameters=[P_FORMAT, P_REDIRECT])},
+            READ, parameters=[P_FORMAT, P_REDIRECT])},
         PKG + "/{release}/{media_type}/pull/json": {"parameters": rel, "get": _op(
-            "pull_json", "E12: the JSON pull document", {200: pull_json}, (*READ, 405))},
+            "pull_json", "E12: the JSON pull document", {200: pull_json}, READ)},
         PKG + "/blobs/sha256/{digest}": {"parameters": [*pkg, _param("digest", pattern="^[a-f0-9]{64}$")], "get": _op(
             "blob", "E13: a blob by digest", {200: TARBALL | {"content": BINARY | {
                 "application/json": pull_json["content"]["application/json"]}}, 307: REDIRECT},
-            (*READ, 405), parameters=[P_FORMAT, P_REDIRECT])},
+            READ, parameters=[P_FORMAT, P_REDIRECT])},
         PKG + "/blobs/sha256/{digest}/json": {"parameters": [*pkg, _param("digest", pattern="^[a-f0-9]{64}$")],
                                               "get": _op("blob_json", "E13: a blob as JSON", {200: pull_json},
-                                                         (*READ, 405))},
+                                                         READ)},
         PKG + "/channels": {"parameters": pkg, "get": _op(
             "list_channels", "E14: the package's channels", {200: _json({"type": "array", "items": _ref(
                 "schemas", "Channel")})})},
