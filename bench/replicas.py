@@ -33,16 +33,12 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import machine, table, wait_http
+from bench.common import machine, pct, table, wait_http
+from bench.common import run_load as common_run_load
 from cnr_oci.embedded import EmbeddedRegistry, free_port
 
 API = "/cnr/api/v1/packages"
 SECRET = "bench-secret-not-for-production"
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))] if s else float("nan")
 
 
 def chart(name: str, extra: bytes = b"") -> bytes:
@@ -119,26 +115,13 @@ async def propagation(a: str, b: str, rounds: int) -> dict[str, Any]:
 
 
 async def run_load(n: int, concurrency: int, op: Callable[[], Awaitable[None]]) -> dict[str, Any]:
-    latencies: list[float] = []
-    errors = 0
-    counter = iter(range(n))
+    """common.run_load of an op that moves no counted bytes, as this bench reports it."""
+    async def counted(_: int) -> int:
+        await op()
+        return 0
 
-    async def worker() -> None:
-        nonlocal errors
-        for _ in counter:
-            t = time.perf_counter()
-            try:
-                await op()
-            except Exception:  # counted, and reported
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - t)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - start
-    return {"req_per_s": round(len(latencies) / wall), "p50_ms": round(pct(latencies, 50) * 1000, 2),
-            "p99_ms": round(pct(latencies, 99) * 1000, 2), "errors": errors}
+    r = await common_run_load(n, concurrency, counted)
+    return {"req_per_s": round(r["ops_per_s"]), "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "errors": r["errors"]}
 
 
 async def pulls(base: str, n: int, concurrency: int) -> dict[str, Any]:

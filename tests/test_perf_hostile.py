@@ -17,7 +17,7 @@ from aiohttp import web
 
 from cnr_oci import appkeys
 from cnr_oci.settings import Settings
-from tests.fake_upstream import HOP, SESSION
+from tests.fake_upstream import HOP, SESSION, _forwarding_app
 from tests.helpers import body, kpm, sha, unique
 
 API = "/cnr/api/v1/packages"
@@ -27,9 +27,9 @@ SECRET = "X-Amz-Signature=deadbeefcafe0123456789"
 # -- the invalidation channel ------------------------------------------------------------------
 
 
-async def test_a_deeply_nested_message_does_not_kill_the_subscriber(redis_server):
-    """json.loads raises RecursionError (not a ValueError) on deep nesting: the subscriber must
-    survive it and apply the next well-formed message from another replica."""
+async def published(redis_server: str, *messages: str) -> tuple[list[tuple[str, str | None]], Any]:
+    """A subscribed replica's view of these messages from another: the forgets it applied (waiting up to
+    5 s for the first), and its Invalidation (closed), whose tasks must still be alive."""
     from redis.asyncio import from_url
 
     from cnr_oci.invalidation import Invalidation
@@ -44,50 +44,36 @@ async def test_a_deeply_nested_message_does_not_kill_the_subscriber(redis_server
     try:
         await inv.start()
         await asyncio.wait_for(inv.subscribed.wait(), 10)
-        await sender.publish(channel, "[" * 200_000)
-        await sender.publish(channel, '{"from": "x", "repo": "a", "tag": ' + "[" * 200_000)
-        await sender.publish(channel, json.dumps({"from": "other", "repo": "ns/app", "tag": None}))
-        for _ in range(100):
-            if seen:
-                break
-            await asyncio.sleep(0.05)
-        assert seen == [("ns/app", None)]
-        assert all(not t.done() for t in inv._tasks)
-    finally:
-        await inv.close()
-        await bus.aclose()
-        await sender.aclose()
-
-
-async def test_an_oversized_message_is_dropped_and_the_next_one_applied(redis_server):
-    """A message can only name a repository of <= 255 characters: a 1 MB one is not applied (each
-    forget keeps its repository as a key of several caches, 100,000 entries each)."""
-    from redis.asyncio import from_url
-
-    from cnr_oci.invalidation import Invalidation
-    from cnr_oci.readmodel import ReadModel
-
-    channel = f"cnr-oci:forget:test:{unique()[0]}"
-    read = ReadModel(None, cache_ttl=300)  # type: ignore[arg-type]  # forget needs no client
-    seen: list[tuple[str, str | None]] = []
-    read.on_forget.append(lambda repo, tag: seen.append((repo, tag)))
-    bus, sender = from_url(redis_server), from_url(redis_server)
-    inv = Invalidation(bus, read, channel=channel)
-    try:
-        await inv.start()
-        await asyncio.wait_for(inv.subscribed.wait(), 10)
-        await sender.publish(channel, json.dumps({"from": "other", "repo": "n/" + "a" * 1_000_000, "tag": None}))
-        await sender.publish(channel, json.dumps({"from": "other", "repo": "ns/app", "tag": "1-0-0"}))
+        for message in messages:
+            await sender.publish(channel, message)
         for _ in range(100):
             if seen:
                 break
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.1)
-        assert seen == [("ns/app", "1-0-0")]
+        alive = all(not t.done() for t in inv._tasks)
     finally:
         await inv.close()
         await bus.aclose()
         await sender.aclose()
+    return seen, alive
+
+
+async def test_a_deeply_nested_message_does_not_kill_the_subscriber(redis_server):
+    """json.loads raises RecursionError (not a ValueError) on deep nesting: the subscriber must
+    survive it and apply the next well-formed message from another replica."""
+    seen, alive = await published(redis_server, "[" * 200_000, '{"from": "x", "repo": "a", "tag": ' + "[" * 200_000,
+                                  json.dumps({"from": "other", "repo": "ns/app", "tag": None}))
+    assert seen == [("ns/app", None)] and alive
+
+
+async def test_an_oversized_message_is_dropped_and_the_next_one_applied(redis_server):
+    """A message can only name a repository of <= 255 characters: a 1 MB one is not applied (each
+    forget keeps its repository as a key of several caches, 100,000 entries each)."""
+    seen, _ = await published(redis_server,
+                              json.dumps({"from": "other", "repo": "n/" + "a" * 1_000_000, "tag": None}),
+                              json.dumps({"from": "other", "repo": "ns/app", "tag": "1-0-0"}))
+    assert seen == [("ns/app", "1-0-0")]
 
 
 # -- a registry whose blob GETs redirect -------------------------------------------------------
@@ -113,15 +99,7 @@ def redirecting_registry(target: str, location: Callable[[web.Request], str],
             out = {k: v for k, v in up.headers.items() if k not in HOP}
         return web.Response(status=up.status, headers=out, body=payload)
 
-    async def session_ctx(app: web.Application) -> Any:
-        async with aiohttp.ClientSession(auto_decompress=False) as s:
-            app[SESSION] = s
-            yield
-
-    app = web.Application()
-    app.cleanup_ctx.append(session_ctx)
-    app.router.add_route("*", "/{tail:.*}", handle)
-    return app
+    return _forwarding_app(handle)
 
 
 def storage(blobs: dict[str, bytes], seen: list[tuple[str, str, dict[str, str]]],
