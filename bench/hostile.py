@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import machine, table  # noqa: E402  (bench/ is put on sys.path just above)
 
-from cnr_oci.embedded import EmbeddedRegistry, free_port  # noqa: E402  (the checkout is put on sys.path above)
+from cnr_oci.embedded import EmbeddedRegistry, free_port, stop_process  # noqa: E402  (the checkout is put on sys.path above)
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -393,13 +393,7 @@ class Server:
     def stop(self) -> int | None:
         """Stop the process; its exit code if it had already died."""
         died = self.proc.poll()
-        if died is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
         return died
 

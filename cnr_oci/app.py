@@ -47,6 +47,15 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def start_embedded(settings: Settings) -> EmbeddedRegistry:
+    """The embedded docker-registry under --data-dir, started (with its users, when there are any)."""
+    users = htpasswd_path(settings.data_dir)
+    reg = EmbeddedRegistry(settings.data_dir, binary=settings.registry_binary,
+                           htpasswd=users if has_users(users) else None)
+    await asyncio.to_thread(reg.start)
+    return reg
+
+
 @asynccontextmanager
 async def upstream_of(settings: Settings) -> AsyncIterator[str]:
     """The registry's URL: --upstream, or an embedded docker-registry started here and stopped on exit
@@ -54,10 +63,8 @@ async def upstream_of(settings: Settings) -> AsyncIterator[str]:
     if settings.upstream:
         yield settings.upstream
         return
+    reg = await start_embedded(settings)
     users = htpasswd_path(settings.data_dir)
-    reg = EmbeddedRegistry(settings.data_dir, binary=settings.registry_binary,
-                           htpasswd=users if has_users(users) else None)
-    await asyncio.to_thread(reg.start)
     log.info("embedded docker-registry on %s, storage in %s, %s", reg.url, reg.root / "registry",
              f"users from {users}" if reg.htpasswd else "open to anyone who reaches cnr-oci")
     watcher = asyncio.create_task(_close_when_users_appear(reg, users)) if reg.htpasswd is None else None

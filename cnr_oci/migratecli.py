@@ -17,10 +17,10 @@ from typing import Any
 
 import aiohttp
 
-from cnr_oci.app import Backend, open_backend
+from cnr_oci.app import Backend, open_backend, start_embedded
 from cnr_oci.auth import IDENTITY
 from cnr_oci.cnrsource import MAX_BLOB, CnrSource, SourceError, scrub
-from cnr_oci.embedded import EmbeddedRegistry, RegistryNotInstalled, RegistryStartFailed, has_users, htpasswd_path
+from cnr_oci.embedded import RegistryNotInstalled, RegistryStartFailed
 from cnr_oci.errors import CnrOciError
 from cnr_oci.metrics import Metrics
 from cnr_oci.migrate import Migration
@@ -104,10 +104,7 @@ async def _target(settings: Settings) -> AsyncIterator[str]:
     if settings.upstream:
         yield settings.upstream
         return
-    users = htpasswd_path(settings.data_dir)
-    reg = EmbeddedRegistry(settings.data_dir, binary=settings.registry_binary,
-                           htpasswd=users if has_users(users) else None)
-    await asyncio.to_thread(reg.start)
+    reg = await start_embedded(settings)
     try:
         yield reg.url
     finally:

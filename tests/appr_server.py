@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from cnr_oci.embedded import free_port
+from cnr_oci.embedded import free_port, stop_process
 from tests.clients.common import client_env, venv_of
 
 NAME = "appr-server"
@@ -78,13 +78,7 @@ class ApprServer:
         """Terminate, then kill after 10 s."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         self.proc = None
 
     def log_tail(self, n: int = 4000) -> str:

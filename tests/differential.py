@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cnr_oci.embedded import EmbeddedRegistry, free_port
+from cnr_oci.embedded import EmbeddedRegistry, free_port, stop_process
 from tests import helpers
 
 SECRET = "differential-secret-not-for-production"
@@ -48,13 +48,7 @@ class Server:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def tree_env(tree: Path) -> dict[str, str]:
