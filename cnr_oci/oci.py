@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +32,45 @@ from cnr_oci.upstream import origin as upstream_origin
 log = logging.getLogger(__name__)
 # Redirect statuses a blob GET may answer (distribution with S3, GCS or a CDN middleware: 307).
 REDIRECTS = (301, 302, 303, 307, 308)
+
+
+# Redirects a blob GET may take (registry -> storage -> ...); a registry's own loop ends there.
+MAX_HOPS = 5
+# Addresses a registry may not send cnr-oci to (server-side request forgery): link-local, which holds the
+# cloud metadata services (169.254.169.254, fe80::), AWS's IPv6 one, unspecified and multicast.
+_AWS_METADATA_V6 = ipaddress.ip_address("fd00:ec2::254")
+
+
+def _location(resp: aiohttp.ClientResponse, digest: str) -> URL:
+    """The absolute http(s) URL a redirect names. Raises: InvalidResponse."""
+    location = resp.headers.get("Location", "")
+    try:
+        target = resp.url.join(URL(location))
+    except ValueError:
+        target = None
+    if not location or target is None or target.scheme not in ("http", "https") or not target.host:
+        raise InvalidResponse(f"GET blob {digest}: a redirect without a usable Location")
+    return target
+
+
+async def _refuse_reserved(target: URL, digest: str) -> None:
+    """A redirect target outside the registry must not be link-local, the metadata service, unspecified or
+    multicast (checked on the address the name resolves to now; the request itself may resolve again).
+
+    Raises: InvalidResponse.
+    """
+    host = (target.host or "").strip("[]")
+    try:
+        addresses = [ipaddress.ip_address(host.split("%")[0])]
+    except ValueError:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, target.port, type=socket.SOCK_STREAM)
+        except OSError:
+            return  # the GET itself fails, as any unreachable storage
+        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+    if any(a.is_link_local or a.is_unspecified or a.is_multicast or a == _AWS_METADATA_V6 for a in addresses):
+        raise InvalidResponse(f"GET blob {digest}: the registry redirected to {host[:100]}, a link-local or "
+                              "reserved address: refused")
 
 
 @dataclass(frozen=True)
@@ -144,28 +186,32 @@ class OciClient(Transport):
         return await self._call("GET", f"/v2/{repo}/blobs/{digest}", read, body_limit=limit)
 
     async def open_blob(self, repo: str, digest: str) -> BlobStream:
-        """Open a blob for streaming; the stream checks the digest and the rate as it goes."""
-        resp = await self._request("GET", f"/v2/{repo}/blobs/{digest}")
-        return BlobStream(resp, digest, self.min_rate, self.rate_window)
+        """Open a blob for streaming; the stream checks the digest and the rate as it goes. Redirects
+        (to the registry's storage) are followed hop by hop, never to a link-local or reserved address."""
+        found = await self._blob(repo, digest, hand_over=False)
+        assert isinstance(found, BlobStream)
+        return found
 
     async def open_blob_or_redirect(self, repo: str, digest: str) -> BlobStream | BlobRedirect:
         """open_blob, except that a registry answering with a redirect to another origin (its storage or
         a CDN: a presigned URL) is not followed: that URL is returned, for the client to fetch. A
         redirect to the registry's own origin is followed, as the caller."""
-        resp = await self._request("GET", f"/v2/{repo}/blobs/{digest}", expect=(200, *REDIRECTS), redirects=False)
-        if resp.status == 200:
-            return BlobStream(resp, digest, self.min_rate, self.rate_window)
-        resp.release()
-        location = resp.headers.get("Location", "")
-        try:
-            target = resp.url.join(URL(location))
-        except ValueError:
-            target = None
-        if not location or target is None or target.scheme not in ("http", "https") or not target.host:
-            raise InvalidResponse(f"GET blob {digest}: a redirect without a usable Location")
-        if upstream_origin(target) == upstream_origin(self.base):
-            return BlobStream(await self._request("GET", target), digest, self.min_rate, self.rate_window)
-        return BlobRedirect(str(target))
+        return await self._blob(repo, digest, hand_over=True)
+
+    async def _blob(self, repo: str, digest: str, hand_over: bool) -> BlobStream | BlobRedirect:
+        url: str | URL = f"/v2/{repo}/blobs/{digest}"
+        for _ in range(MAX_HOPS + 1):
+            resp = await self._request("GET", url, expect=(200, *REDIRECTS), redirects=False)
+            if resp.status == 200:
+                return BlobStream(resp, digest, self.min_rate, self.rate_window)
+            resp.release()
+            target = _location(resp, digest)
+            if upstream_origin(target) != upstream_origin(self.base):
+                if hand_over:
+                    return BlobRedirect(str(target))
+                await _refuse_reserved(target, digest)
+            url = target
+        raise InvalidResponse(f"GET blob {digest}: more than {MAX_HOPS} redirects")
 
     async def upload_blob(
         self, repo: str, digest: str, data: Body, mount_from: str | None = None,

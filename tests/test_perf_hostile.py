@@ -193,6 +193,23 @@ async def test_a_relative_redirect_to_the_registry_itself_in_a_loop_ends_in_a_cn
     assert not [r for r in caplog.records if r.name.startswith("cnr_oci") and "deadbeefcafe" in r.getMessage()]
 
 
+@pytest.mark.parametrize("where", ["http://169.254.169.254/latest/meta-data/", "http://[fe80::1]:80/x",
+                                   "http://[fd00:ec2::254]/latest", "http://0.0.0.0:9/x"])
+@pytest.mark.parametrize("size", ["small", "large"])
+async def test_a_registry_cannot_send_cnr_oci_to_the_metadata_service(aiohttp_server, make_client, client, registry,
+                                                                     where, size):
+    """Server-side request forgery: a registry (or whoever answers as one) redirecting a blob GET to a
+    link-local or reserved address gets a 502, and nothing is fetched there. It used to be followed, and a
+    large internal answer streamed to the client until the digest check cut it at the end."""
+    s = await _setup(aiohttp_server, make_client, client, registry, redirect=False,
+                     location=lambda store, r: where)
+    cnr = s["cnr"] if size == "small" else await make_client(Settings(
+        upstream=str(s["reg"].make_url("")).rstrip("/"), blob_cache_size=0))  # the streamed path
+    resp = await cnr.get(f"{API}/{s['ns']}/{s['name']}/1.0.0/kpm/pull", headers=BASIC)
+    body_ = await resp.json()
+    assert resp.status == 502 and "link-local or reserved" in body_["error"]["message"], body_
+
+
 # -- the blob cache's read permissions ---------------------------------------------------------
 
 
