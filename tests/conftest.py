@@ -46,6 +46,10 @@ def start_registry(root: Path, **kwargs: Any) -> EmbeddedRegistry:
     return reg
 
 
+# The users of the shared htpasswd registry: the token server's, and bob.
+HTPASSWD_USERS = {**TOKEN_USERS, "bob": "bob-pw-2"}
+
+
 def start_htpasswd_registry(root: Path, users: dict[str, str]) -> EmbeddedRegistry:
     """A registry that asks for Basic credentials of these users (bcrypt, as distribution needs)."""
     import bcrypt
@@ -53,6 +57,20 @@ def start_htpasswd_registry(root: Path, users: dict[str, str]) -> EmbeddedRegist
     lines = [f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=4)).decode()}" for u, p in users.items()]
     (root / "htpasswd").write_text("\n".join(lines) + "\n")
     return start_registry(root, extra_config=f"auth:\n  htpasswd:\n    realm: test\n    path: {root / 'htpasswd'}\n")
+
+
+@pytest.fixture(scope="module")
+def htpasswd_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRegistry]:
+    """A registry that needs Basic credentials of HTPASSWD_USERS, for a test module."""
+    reg = start_htpasswd_registry(tmp_path_factory.mktemp("htpasswd"), HTPASSWD_USERS)
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+async def auth_client(make_client: Any, htpasswd_registry: EmbeddedRegistry) -> Any:
+    """A client of cnr-oci in front of the htpasswd registry."""
+    return await make_client(Settings(upstream=htpasswd_registry.url))
 
 
 @pytest.fixture(scope="session")

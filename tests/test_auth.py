@@ -14,7 +14,7 @@ import pytest
 from cnr_oci import appkeys, auth, errors
 from cnr_oci.settings import Settings
 from tests.certs import self_signed
-from tests.conftest import TEST_SECRET, start_htpasswd_registry, start_registry
+from tests.conftest import TEST_SECRET, start_registry
 from tests.helpers import body, kpm, unique
 from tests.token_server import USERS, basic
 
@@ -27,13 +27,6 @@ async def login(client, user, password=None):
 
 
 # -- htpasswd ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def htpasswd_registry(tmp_path_factory):
-    reg = start_htpasswd_registry(tmp_path_factory.mktemp("htpasswd"), USERS)
-    yield reg
-    reg.stop()
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ import yaml
 
 from cnr_oci.settings import Settings
 from tests import helpers
-from tests.conftest import start_htpasswd_registry
-from tests.test_auth import USERS, basic
+from tests.test_auth import basic
 from tests.test_helm_repo import chart, push
 
 API = "/cnr/api/v1/packages"
@@ -146,13 +145,6 @@ async def test_bad_uploads_get_chartmuseum_errors_and_store_nothing(make_client,
     assert helpers.tags(registry.url, f"{ns}/web") == []
     resp = await client.post(f"{CM}/{ns}/prov", data=b"x")
     assert resp.status == 400 and "provenance" in (await resp.json())["error"]
-
-
-@pytest.fixture(scope="module")
-def htpasswd_registry(tmp_path_factory):
-    reg = start_htpasswd_registry(tmp_path_factory.mktemp("cm-htpasswd"), USERS)
-    yield reg
-    reg.stop()
 
 
 async def test_an_upload_without_rights_is_401_before_the_body_matters(make_client, htpasswd_registry):

@@ -92,16 +92,6 @@ async def test_a_chart_name_that_is_not_a_string_is_400_not_stored_out_of_the_in
     assert helpers.tags(registry.url, f"{ns}/123") == []
 
 
-@pytest.fixture(scope="module")
-def htpasswd_registry(tmp_path_factory):
-    from tests.conftest import start_htpasswd_registry
-    from tests.test_auth import USERS
-
-    reg = start_htpasswd_registry(tmp_path_factory.mktemp("hh-htpasswd"), USERS)
-    yield reg
-    reg.stop()
-
-
 async def test_an_anonymous_caller_gets_no_private_index_etag_or_304(make_client, htpasswd_registry):
     from cnr_oci.settings import Settings
     from tests.test_auth import basic

@@ -327,7 +327,8 @@ def test_a_bad_workdir_or_report_path_is_a_usage_error_before_anything_moves(tmp
 
 
 async def test_a_target_that_wants_credentials_fails_fast_without_them(appr_server, tmp_path):
-    from tests.test_auth import USERS, start_htpasswd_registry
+    from tests.conftest import HTPASSWD_USERS as USERS
+    from tests.conftest import start_htpasswd_registry
 
     (tmp_path / "reg").mkdir()
     reg = await asyncio.to_thread(start_htpasswd_registry, tmp_path / "reg", USERS)

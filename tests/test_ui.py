@@ -5,16 +5,13 @@ from __future__ import annotations
 import base64
 import re
 
-import pytest
-
-from cnr_oci.settings import Settings
 from cnr_oci.uisession import CSRF_COOKIE, SESSION_COOKIE
-from tests.conftest import start_htpasswd_registry
+from tests.conftest import HTPASSWD_USERS
 from tests.helpers import body, chart, kpm, tarball, unique
 
 API = "/cnr/api/v1/packages"
 HTML = {"Accept": "text/html,application/xhtml+xml"}
-USERS = {"alice": "alice-pw-1", "bob": "bob-pw-2"}
+USERS = HTPASSWD_USERS
 
 
 def readme_chart(name: str, readme: bytes) -> bytes:
@@ -78,18 +75,6 @@ async def test_a_missing_package_page_is_an_html_404(client):
     resp = await client.get("/ui/packages/nobody/nothing", headers=HTML)
     assert resp.status == 404 and resp.content_type == "text/html"
     assert resp.headers["Cache-Control"] == "private"
-
-
-@pytest.fixture(scope="module")
-def htpasswd_registry(tmp_path_factory):
-    reg = start_htpasswd_registry(tmp_path_factory.mktemp("ui-htpasswd"), USERS)
-    yield reg
-    reg.stop()
-
-
-@pytest.fixture
-async def auth_client(make_client, htpasswd_registry):
-    return await make_client(Settings(upstream=htpasswd_registry.url))
 
 
 def _csrf(text: str) -> str:

@@ -7,27 +7,12 @@ import re
 import shlex
 import urllib.parse
 
-import pytest
-
 from cnr_oci.settings import Settings
 from cnr_oci.uisession import SESSION_COOKIE
-from tests.conftest import start_htpasswd_registry
 from tests.helpers import body, tarball, unique
 from tests.test_ui import HTML, USERS, _csrf
 
 API = "/cnr/api/v1/packages"
-
-
-@pytest.fixture(scope="module")
-def htpasswd_registry(tmp_path_factory):
-    reg = start_htpasswd_registry(tmp_path_factory.mktemp("ui-hostile"), USERS)
-    yield reg
-    reg.stop()
-
-
-@pytest.fixture
-async def auth_client(make_client, htpasswd_registry):
-    return await make_client(Settings(upstream=htpasswd_registry.url))
 
 
 def _commands(text: str) -> dict[str, str]:
